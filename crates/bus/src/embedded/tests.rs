@@ -1,0 +1,199 @@
+use std::{
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use clairon_events::headers;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::consumer::{self, ConsumerSpec, HandleError, Handler, RetryPolicy};
+
+fn msg(topic: &str, key: &str, body: &str) -> Message {
+    Message {
+        topic: topic.into(),
+        key: key.into(),
+        headers: vec![(headers::EVENT_ID.into(), format!("{key}-{body}"))],
+        payload: body.as_bytes().to_vec(),
+    }
+}
+
+async fn drain(sub: &mut Box<dyn Subscription>) -> Vec<Record> {
+    let mut all = Vec::new();
+    loop {
+        let got = sub.poll(100, Duration::from_millis(50)).await.unwrap();
+        if got.is_empty() {
+            return all;
+        }
+        all.extend(got);
+    }
+}
+
+#[tokio::test]
+async fn keeps_per_key_order_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.db");
+    {
+        let bus = EmbeddedBus::open(&path, 4).await.unwrap();
+        for i in 0..20 {
+            bus.publish(msg("t", &format!("k{}", i % 3), &i.to_string()))
+                .await
+                .unwrap();
+        }
+    }
+    let bus = EmbeddedBus::open(&path, 4).await.unwrap();
+    let mut sub = bus.subscribe("g", &["t".into()]).await.unwrap();
+    let recs = drain(&mut sub).await;
+    assert_eq!(recs.len(), 20);
+    for k in 0..3 {
+        let seen: Vec<u32> = recs
+            .iter()
+            .filter(|r| r.key == format!("k{k}"))
+            .map(|r| std::str::from_utf8(&r.payload).unwrap().parse().unwrap())
+            .collect();
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "key k{k} out of order");
+        assert!(recs
+            .iter()
+            .filter(|r| r.key == format!("k{k}"))
+            .all(|r| r.partition == recs.iter().find(|x| x.key == format!("k{k}")).unwrap().partition));
+    }
+}
+
+#[tokio::test]
+async fn committed_offsets_resume_and_seek_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(&dir.path().join("bus.db"), 1).await.unwrap();
+    for i in 0..5 {
+        bus.publish(msg("t", "k", &i.to_string())).await.unwrap();
+    }
+    let mut sub = bus.subscribe("g", &["t".into()]).await.unwrap();
+    let recs = drain(&mut sub).await;
+    assert_eq!(recs.len(), 5);
+    sub.commit("t", 0, 3).await.unwrap();
+    drop(sub);
+
+    let mut sub = bus.subscribe("g", &["t".into()]).await.unwrap();
+    let again = drain(&mut sub).await;
+    assert_eq!(again.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![3, 4]);
+
+    sub.seek("t", 0, 1).await.unwrap();
+    let replay = drain(&mut sub).await;
+    assert_eq!(replay.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+
+    // Another group starts from the earliest record.
+    let mut other = bus.subscribe("h", &["t".into()]).await.unwrap();
+    assert_eq!(drain(&mut other).await.len(), 5);
+}
+
+/// Fails every record whose payload starts with "bad", rejects "poison", records the rest.
+struct Flaky {
+    handled: Mutex<Vec<String>>,
+    attempts: AtomicU32,
+    dead: Mutex<Vec<(String, String)>>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Flaky {
+    async fn handle(&self, r: &Record) -> Result<(), HandleError> {
+        let body = String::from_utf8_lossy(&r.payload).to_string();
+        if body.starts_with("bad") {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            return Err(HandleError::Retry(format!("provider down for {body}")));
+        }
+        if body == "poison" {
+            return Err(HandleError::Reject("unparseable payload".into()));
+        }
+        self.handled.lock().unwrap().push(body);
+        Ok(())
+    }
+
+    async fn dead_lettered(&self, r: &Record, reason: &str) -> anyhow::Result<()> {
+        self.dead
+            .lock()
+            .unwrap()
+            .push((String::from_utf8_lossy(&r.payload).to_string(), reason.to_owned()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn retries_with_backoff_then_dead_letters_without_blocking_other_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus: Arc<dyn EventBus> = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db"), 2).await.unwrap());
+    let handler = Arc::new(Flaky {
+        handled: Mutex::new(Vec::new()),
+        attempts: AtomicU32::new(0),
+        dead: Mutex::new(Vec::new()),
+    });
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(1),
+    };
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(
+        bus.clone(),
+        ConsumerSpec::new("g", &["t"], policy),
+        handler.clone(),
+        cancel.clone(),
+    ));
+    let started = std::time::Instant::now();
+    bus.publish(msg("t", "same-key", "bad-1")).await.unwrap();
+    bus.publish(msg("t", "same-key", "good-after-bad")).await.unwrap();
+    bus.publish(msg("t", "other", "poison")).await.unwrap();
+    bus.publish(msg("t", "other", "good-after-poison")).await.unwrap();
+
+    // Good records flow at once, even behind a failing record of the same key.
+    for _ in 0..50 {
+        if handler.handled.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(handler.handled.lock().unwrap().len(), 2);
+    assert!(started.elapsed() < Duration::from_millis(600));
+
+    for _ in 0..100 {
+        if handler.dead.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = handler.dead.lock().unwrap().clone();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(dead.iter().any(|(b, why)| b == "poison" && why.contains("unparseable")));
+    assert!(dead.iter().any(|(b, why)| b == "bad-1" && why.contains("provider down")));
+    assert_eq!(handler.attempts.load(Ordering::SeqCst), 3);
+    // Two backoffs: 200 ms then 400 ms.
+    assert!(started.elapsed() >= Duration::from_millis(600));
+
+    let mut dlt = bus.subscribe("inspect", &["t-dlt".into()]).await.unwrap();
+    let recs = drain(&mut dlt).await;
+    assert_eq!(recs.len(), 2);
+    let bad = recs.iter().find(|r| r.payload == b"bad-1").unwrap();
+    assert_eq!(bad.header(headers::ATTEMPT), Some("3"));
+    assert_eq!(bad.header(headers::ORIGINAL_TOPIC), Some("t"));
+    assert!(bad.header(headers::ERROR).unwrap().contains("provider down"));
+    assert_eq!(bad.header(headers::EVENT_ID), Some("same-key-bad-1"));
+
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[test]
+fn backoff_doubles_and_caps() {
+    let p = RetryPolicy {
+        max_attempts: 10,
+        initial_backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(5),
+    };
+    assert_eq!(p.backoff(1), Duration::from_secs(1));
+    assert_eq!(p.backoff(2), Duration::from_secs(2));
+    assert_eq!(p.backoff(3), Duration::from_secs(4));
+    assert_eq!(p.backoff(4), Duration::from_secs(5));
+}

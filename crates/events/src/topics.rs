@@ -1,0 +1,44 @@
+//! Topic names. Retry and dead-letter topics derive from the topic they serve:
+//! `<topic>-retry-<n>` holds records whose n-th attempt failed, `<topic>-dlt` the
+//! records that will not be retried again.
+
+pub const USER_REGISTERED: &str = "user-registered";
+pub const NOTIFICATION_TRIGGERED: &str = "notification-triggered";
+pub const USER_ACTION_PERFORMED: &str = "user-action-performed";
+pub const NOTIFICATION_STATUS: &str = "notification-status";
+pub const NOTIFICATION_PUSH: &str = "notification-push";
+
+pub const ALL: [&str; 5] = [
+    USER_REGISTERED,
+    NOTIFICATION_TRIGGERED,
+    USER_ACTION_PERFORMED,
+    NOTIFICATION_STATUS,
+    NOTIFICATION_PUSH,
+];
+
+const DLT_SUFFIX: &str = "-dlt";
+
+pub fn retry(topic: &str, level: u32) -> String {
+    format!("{topic}-retry-{level}")
+}
+
+pub fn dead_letter(topic: &str) -> String {
+    format!("{topic}{DLT_SUFFIX}")
+}
+
+pub fn is_dead_letter(topic: &str) -> bool {
+    topic.ends_with(DLT_SUFFIX)
+}
+
+/// The topic a retry or dead-letter topic derives from (itself for a main topic).
+pub fn base_topic(topic: &str) -> &str {
+    if let Some(base) = topic.strip_suffix(DLT_SUFFIX) {
+        return base;
+    }
+    if let Some(idx) = topic.rfind("-retry-") {
+        if topic[idx + 7..].chars().all(|c| c.is_ascii_digit()) && idx + 7 < topic.len() {
+            return &topic[..idx];
+        }
+    }
+    topic
+}
