@@ -8,8 +8,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Timestamp(pub DateTime<Utc>);
 
 impl Timestamp {
+    /// Now, at the millisecond precision the wire carries, so values round-trip.
     pub fn now() -> Self {
-        Timestamp(Utc::now())
+        Self::from_millis(Utc::now().timestamp_millis())
     }
 
     pub fn from_millis(ms: i64) -> Self {

@@ -1,0 +1,140 @@
+//! Transactional outbox: a service writes its domain rows and the events they
+//! cause in one transaction; the relay publishes committed rows to the bus, in id
+//! order, and deletes them once the bus holds them. A 2xx therefore means the
+//! event will be published, even if the process dies right after answering.
+//! Publishing is at-least-once (a crash between publish and delete repeats a
+//! row), which consumers absorb by event id.
+
+use std::{borrow::Cow, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clairon_bus::{EventBus, Message};
+use clairon_events::Envelope;
+use sqlx::{AnyConnection, Row};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{now_ms, Database, Migration};
+
+const BATCH: i64 = 500;
+
+pub struct Outbox {
+    table: String,
+    wake: Notify,
+}
+
+impl Outbox {
+    /// `table` is owned by one service, e.g. `users_outbox`.
+    pub fn new(table: &str) -> Arc<Self> {
+        Arc::new(Outbox {
+            table: table.to_owned(),
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn migration(&self, version: i64) -> Migration {
+        let t = &self.table;
+        Migration {
+            version,
+            description: "outbox",
+            sqlite: Cow::Owned(format!(
+                "CREATE TABLE {t} (id INTEGER PRIMARY KEY AUTOINCREMENT, topic VARCHAR(255) NOT NULL, \
+                 msg_key VARCHAR(255) NOT NULL, headers TEXT NOT NULL, payload TEXT NOT NULL, created_at BIGINT NOT NULL)"
+            )),
+            mysql: Cow::Owned(format!(
+                "CREATE TABLE {t} (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, topic VARCHAR(255) NOT NULL, \
+                 msg_key VARCHAR(255) NOT NULL, headers TEXT NOT NULL, payload MEDIUMTEXT NOT NULL, created_at BIGINT NOT NULL)"
+            )),
+        }
+    }
+
+    /// Adds an event to the transaction `conn` is in. Call [`Outbox::committed`]
+    /// after the commit so the relay publishes without waiting for its tick.
+    pub async fn enqueue(&self, conn: &mut AnyConnection, env: &Envelope) -> sqlx::Result<()> {
+        let headers = serde_json::to_string(&env.headers).unwrap_or_else(|_| "[]".into());
+        let payload = String::from_utf8_lossy(&env.payload);
+        sqlx::query(&format!(
+            "INSERT INTO {} (topic, msg_key, headers, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+            self.table
+        ))
+        .bind(&env.topic)
+        .bind(&env.key)
+        .bind(headers)
+        .bind(payload.as_ref())
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub fn committed(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Publishes one batch of committed rows; returns how many.
+    pub async fn relay_once(&self, db: &Database, bus: &dyn EventBus) -> anyhow::Result<usize> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, topic, msg_key, headers, payload FROM {} ORDER BY id LIMIT {BATCH}",
+            self.table
+        ))
+        .fetch_all(&db.pool)
+        .await
+        .context("reading the outbox")?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut msgs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            ids.push(row.try_get::<i64, _>(0)?);
+            let headers: String = row.try_get(3)?;
+            let payload: String = row.try_get(4)?;
+            msgs.push(Message {
+                topic: row.try_get(1)?,
+                key: row.try_get(2)?,
+                headers: serde_json::from_str(&headers).unwrap_or_default(),
+                payload: payload.into_bytes(),
+            });
+        }
+        bus.publish_all(msgs).await.context("publishing outbox rows")?;
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        sqlx::query(&format!("DELETE FROM {} WHERE id IN ({list})", self.table))
+            .execute(&db.pool)
+            .await
+            .context("deleting published outbox rows")?;
+        metrics::counter!("clairon_outbox_published_total", "table" => self.table.clone())
+            .increment(ids.len() as u64);
+        Ok(ids.len())
+    }
+
+    /// Publishes committed rows until `cancel` fires, then drains what it can.
+    pub async fn run_relay(self: Arc<Self>, db: Database, bus: Arc<dyn EventBus>, cancel: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            match self.relay_once(&db, &*bus).await {
+                Ok(n) if n > 0 => {
+                    failures = 0;
+                    continue;
+                }
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures = (failures + 1).min(6);
+                    tracing::warn!(table = %self.table, error = %format!("{e:#}"), "outbox relay failed; will retry");
+                }
+            }
+            if cancel.is_cancelled() {
+                return;
+            }
+            let wait = if failures == 0 {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(100 * 2u64.pow(failures))
+            };
+            tokio::select! {
+                _ = self.wake.notified(), if failures == 0 => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+    }
+}
