@@ -1,0 +1,87 @@
+//! Extractors that state an endpoint's access rule in its signature:
+//! [`Authenticated`] (any valid token), [`AdminOnly`], [`Publisher`] (admin or
+//! service token). Tokens come from `Authorization: Bearer …`.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::{header, request::Parts},
+};
+use clairon_auth::{AuthContext, Claims, Role, TokenError};
+
+use crate::problem::ApiError;
+
+/// The caller's verified claims.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Claims);
+
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub fn token_error(e: TokenError) -> ApiError {
+    ApiError::Unauthorized(match e {
+        TokenError::Expired => "Your session has expired; log in again.".into(),
+        TokenError::Revoked => "This token has been revoked; log in again.".into(),
+        TokenError::Invalid => "The access token is not valid.".into(),
+    })
+}
+
+impl<S> FromRequestParts<S> for Authenticated
+where
+    Arc<AuthContext>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ctx = Arc::<AuthContext>::from_ref(state);
+        let token = bearer(parts).ok_or_else(|| {
+            ApiError::Unauthorized("Authentication required: send `Authorization: Bearer <token>`.".into())
+        })?;
+        ctx.authenticate(token).await.map(Authenticated).map_err(token_error)
+    }
+}
+
+/// An administrator.
+pub struct AdminOnly(pub Claims);
+
+impl<S> FromRequestParts<S> for AdminOnly
+where
+    Arc<AuthContext>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Authenticated(c) = Authenticated::from_request_parts(parts, state).await?;
+        if c.role != Role::Admin {
+            return Err(ApiError::Forbidden("This needs an administrator account.".into()));
+        }
+        Ok(AdminOnly(c))
+    }
+}
+
+/// An administrator or a service token: who may publish events.
+pub struct Publisher(pub Claims);
+
+impl<S> FromRequestParts<S> for Publisher
+where
+    Arc<AuthContext>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Authenticated(c) = Authenticated::from_request_parts(parts, state).await?;
+        if !matches!(c.role, Role::Admin | Role::Service) {
+            return Err(ApiError::Forbidden(
+                "Publishing events needs an administrator or a service token.".into(),
+            ));
+        }
+        Ok(Publisher(c))
+    }
+}
