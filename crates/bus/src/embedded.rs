@@ -132,7 +132,9 @@ impl Inner {
             parts.push(partition_for(&m.key, self.partitions(&m.topic).await?));
         }
         let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE takes the write lock up front: a deferred transaction that read
+        // first could not upgrade after another connection's commit (SQLITE_BUSY).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut out = Vec::with_capacity(msgs.len());
         let ts = now_ms();
         for (m, part) in msgs.into_iter().zip(parts) {

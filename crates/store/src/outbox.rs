@@ -21,6 +21,9 @@ const BATCH: i64 = 500;
 pub struct Outbox {
     table: String,
     wake: Notify,
+    /// One relay pass at a time in this process, so two callers never publish
+    /// the same rows.
+    relaying: tokio::sync::Mutex<()>,
 }
 
 impl Outbox {
@@ -29,6 +32,7 @@ impl Outbox {
         Arc::new(Outbox {
             table: table.to_owned(),
             wake: Notify::new(),
+            relaying: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -73,6 +77,7 @@ impl Outbox {
 
     /// Publishes one batch of committed rows; returns how many.
     pub async fn relay_once(&self, db: &Database, bus: &dyn EventBus) -> anyhow::Result<usize> {
+        let _one = self.relaying.lock().await;
         let rows = sqlx::query(&format!(
             "SELECT id, topic, msg_key, headers, payload FROM {} ORDER BY id LIMIT {BATCH}",
             self.table
