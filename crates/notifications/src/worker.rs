@@ -1,0 +1,171 @@
+//! The consumer side: one record in, at most one send out.
+
+use async_trait::async_trait;
+use clairon_bus::{
+    consumer::{HandleError, Handler},
+    Record,
+};
+use clairon_events::{
+    decode, headers, EventType, NotificationStatus, NotificationTriggered, NotificationType,
+    UserRegistered,
+};
+use uuid::Uuid;
+
+use crate::{
+    channels::{ChannelError, Delivery, Outgoing},
+    repo::{self, DeadLetter, Inserted, NewNotification},
+    Notifications,
+};
+
+/// The welcome email's id derives from the user, so a redelivered
+/// `UserRegistered` maps to the same notification and is not sent twice.
+pub fn welcome_id(user_id: Uuid) -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("clairon:welcome:{user_id}").as_bytes())
+}
+
+fn retry(e: anyhow::Error) -> HandleError {
+    HandleError::Retry(format!("{e:#}"))
+}
+
+impl Notifications {
+    fn parse(&self, r: &Record) -> Result<NewNotification, HandleError> {
+        let kind = r
+            .header(headers::EVENT_TYPE)
+            .and_then(EventType::parse)
+            .or_else(|| EventType::for_topic(&r.topic));
+        match kind {
+            Some(EventType::NotificationTriggered) => {
+                let ev: NotificationTriggered = decode(&r.payload).map_err(HandleError::Reject)?;
+                Ok(NewNotification {
+                    notification_id: ev.notification_id,
+                    user_id: ev.user_id,
+                    kind: ev.kind,
+                    title: ev.title,
+                    message: ev.message,
+                    recipient: ev.recipient,
+                    created_at: ev.timestamp,
+                })
+            }
+            Some(EventType::UserRegistered) => {
+                let ev: UserRegistered = decode(&r.payload).map_err(HandleError::Reject)?;
+                Ok(NewNotification {
+                    notification_id: welcome_id(ev.user_id),
+                    user_id: ev.user_id,
+                    kind: NotificationType::Email,
+                    title: "Welcome to Clairon".into(),
+                    message: format!(
+                        "Hello {},\n\nyour Clairon account {} is ready. Notifications sent to you will arrive here, by SMS and in the web app.\n",
+                        ev.first_name, ev.email
+                    ),
+                    recipient: Some(ev.email),
+                    created_at: ev.timestamp,
+                })
+            }
+            other => Err(HandleError::Reject(format!(
+                "the notification service does not handle {} records",
+                other.map(|t| t.as_str()).unwrap_or("unknown")
+            ))),
+        }
+    }
+
+    /// Finds where to send when the event named no recipient.
+    async fn resolve(&self, n: &NewNotification) -> Result<String, HandleError> {
+        if n.kind == NotificationType::Push {
+            return Ok(n.user_id.to_string());
+        }
+        let contact = self
+            .directory
+            .contact(n.user_id)
+            .await
+            .map_err(retry)?
+            .ok_or_else(|| HandleError::Reject(format!("no recipient given and user {} is unknown", n.user_id)))?;
+        match n.kind {
+            NotificationType::Email => Ok(contact.email),
+            _ => contact.phone_number.ok_or_else(|| {
+                HandleError::Reject(format!("no recipient given and user {} has no phone number", n.user_id))
+            }),
+        }
+    }
+
+    async fn deliver(&self, n: &NewNotification, attempt: u32) -> Result<(), HandleError> {
+        let stored_recipient = match repo::insert_pending(&self.db, n).await.map_err(retry)? {
+            Inserted::New => None,
+            Inserted::Existing(status, _) if status.is_final() => {
+                metrics::counter!("clairon_notifications_duplicates_total").increment(1);
+                tracing::debug!(notification_id = %n.notification_id, %attempt, "already handled; not sending again");
+                return Ok(());
+            }
+            Inserted::Existing(_, recipient) => recipient,
+        };
+        let recipient = match n.recipient.clone().or(stored_recipient) {
+            Some(r) => r,
+            None => self.resolve(n).await?,
+        };
+        let out = Outgoing {
+            notification_id: n.notification_id,
+            user_id: n.user_id,
+            kind: n.kind,
+            title: n.title.clone(),
+            message: n.message.clone(),
+            recipient: recipient.clone(),
+            created_at: n.created_at,
+        };
+        let result = self.channels.for_type(n.kind).send(&out).await;
+        let (status, reason, err) = match result {
+            Ok(Delivery::Sent) => (NotificationStatus::Sent, None, None),
+            Ok(Delivery::Captured) => (NotificationStatus::Captured, None, None),
+            Err(ChannelError::Transient(e)) => (NotificationStatus::Failed, Some(e.clone()), Some(HandleError::Retry(e))),
+            Err(ChannelError::Permanent(e)) => (NotificationStatus::Failed, Some(e.clone()), Some(HandleError::Reject(e))),
+        };
+        repo::record_outcome(&self.db, &self.outbox, n, status, attempt, Some(&recipient), reason.as_deref())
+            .await
+            .map_err(retry)?;
+        match err {
+            None => Ok(()),
+            Some(e) => {
+                tracing::info!(notification_id = %n.notification_id, %attempt, error = %e, "delivery failed");
+                Err(e)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for Notifications {
+    async fn handle(&self, r: &Record) -> Result<(), HandleError> {
+        let n = self.parse(r)?;
+        self.deliver(&n, r.attempt()).await
+    }
+
+    async fn dead_lettered(&self, r: &Record, reason: &str) -> anyhow::Result<()> {
+        let n = self.parse(r).ok();
+        let payload = String::from_utf8_lossy(&r.payload).into_owned();
+        let topic = r
+            .header(headers::ORIGINAL_TOPIC)
+            .unwrap_or(clairon_events::topics::base_topic(&r.topic));
+        let partition = r
+            .header(headers::ORIGINAL_PARTITION)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(r.partition);
+        let offset = r
+            .header(headers::ORIGINAL_OFFSET)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(r.offset);
+        repo::dead_letter(
+            &self.db,
+            &self.outbox,
+            DeadLetter {
+                topic,
+                partition,
+                offset,
+                key: &r.key,
+                headers: serde_json::to_string(&r.headers)?,
+                payload,
+                reason,
+                attempts: r.attempt(),
+            },
+            n.as_ref(),
+        )
+        .await
+    }
+}
