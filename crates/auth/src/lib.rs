@@ -173,7 +173,11 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 /// Checks a password against a PHC hash; a malformed hash never matches.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -233,7 +237,12 @@ mod tests {
 
         let mut expired = t.issue("u1", Role::User).unwrap().claims;
         expired.exp = unix_now() - 60;
-        let tok = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &expired, &EncodingKey::from_secret(&[7u8; 32])).unwrap();
+        let tok = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &expired,
+            &EncodingKey::from_secret(&[7u8; 32]),
+        )
+        .unwrap();
         assert_eq!(t.verify(&tok), Err(TokenError::Expired));
     }
 

@@ -1,7 +1,7 @@
 //! The delivery policy every engine shares.
 //!
-//! One loop per topic level: the main topics, then `<topic>-retry-1` …
-//! `<topic>-retry-(N-1)`. Within a poll, partitions are handled concurrently and
+//! One loop per topic level: the main topics, then the group's own retry
+//! topics `<topic>-retry-<group>-1` … `-(N-1)`. Within a poll, partitions are handled concurrently and
 //! each partition in offset order, so one key's records keep their order while a
 //! slow key does not hold up the others. A record whose handling fails with
 //! [`HandleError::Retry`] is forwarded to the next retry topic with a not-before
@@ -104,7 +104,10 @@ pub async fn run(
         let topics: Vec<String> = if level == 0 {
             spec.topics.clone()
         } else {
-            spec.topics.iter().map(|t| topics::retry(t, level)).collect()
+            spec.topics
+                .iter()
+                .map(|t| topics::retry(t, &spec.group, level))
+                .collect()
         };
         loops.push(tokio::spawn(level_loop(
             bus.clone(),
@@ -168,8 +171,9 @@ async fn level_loop(
             let handler = handler.clone();
             let policy = spec.policy.clone();
             let cancel = cancel.clone();
+            let group = spec.group.clone();
             async move {
-                let out = handle_partition(&*bus, &*handler, &policy, &recs, &cancel).await;
+                let out = handle_partition(&*bus, &*handler, &policy, &group, &recs, &cancel).await;
                 (tp, out)
             }
         }))
@@ -222,6 +226,7 @@ async fn handle_partition(
     bus: &dyn EventBus,
     handler: &dyn Handler,
     policy: &RetryPolicy,
+    group: &str,
     records: &[Record],
     cancel: &CancellationToken,
 ) -> PartitionOutcome {
@@ -242,11 +247,15 @@ async fn handle_partition(
         let outcome = match handler.handle(r).await {
             Ok(()) => Ok("handled"),
             Err(HandleError::Retry(reason)) if r.attempt() < policy.max_attempts => {
-                forward(bus, r, Some(policy), &reason).await.map(|_| "retried")
+                forward(bus, r, group, Some(policy), &reason)
+                    .await
+                    .map(|_| "retried")
             }
             Err(HandleError::Retry(reason)) | Err(HandleError::Reject(reason)) => {
                 match handler.dead_lettered(r, &reason).await {
-                    Ok(()) => forward(bus, r, None, &reason).await.map(|_| "dead_lettered"),
+                    Ok(()) => forward(bus, r, group, None, &reason)
+                        .await
+                        .map(|_| "dead_lettered"),
                     Err(e) => Err(BusError::Other(format!("dead-letter hook failed: {e:#}"))),
                 }
             }
@@ -279,6 +288,7 @@ async fn handle_partition(
 async fn forward(
     bus: &dyn EventBus,
     r: &Record,
+    group: &str,
     policy: Option<&RetryPolicy>,
     reason: &str,
 ) -> Result<(), BusError> {
@@ -289,19 +299,24 @@ async fn forward(
     let mut hs = r.headers.clone();
     if r.header(headers::ORIGINAL_TOPIC).is_none() {
         headers::set(&mut hs, headers::ORIGINAL_TOPIC, original.clone());
-        headers::set(&mut hs, headers::ORIGINAL_PARTITION, r.partition.to_string());
+        headers::set(
+            &mut hs,
+            headers::ORIGINAL_PARTITION,
+            r.partition.to_string(),
+        );
         headers::set(&mut hs, headers::ORIGINAL_OFFSET, r.offset.to_string());
     }
     // Keep error text to a size any engine accepts in a header.
     let reason: String = reason.chars().take(1000).collect();
     headers::set(&mut hs, headers::ERROR, reason);
+    headers::set(&mut hs, headers::CONSUMER_GROUP, group);
     let topic = match policy {
         Some(p) => {
             let attempt = r.attempt();
             headers::set(&mut hs, headers::ATTEMPT, (attempt + 1).to_string());
             let due = now_ms() + p.backoff(attempt).as_millis() as i64;
             headers::set(&mut hs, headers::NOT_BEFORE, due.to_string());
-            topics::retry(&original, attempt)
+            topics::retry(&original, group, attempt)
         }
         None => {
             hs.retain(|(k, _)| !k.eq_ignore_ascii_case(headers::NOT_BEFORE));

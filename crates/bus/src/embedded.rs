@@ -21,7 +21,9 @@ use sqlx::{
 };
 use tokio::sync::watch;
 
-use crate::{consumer::now_ms, partition_for, BusError, EventBus, Message, Position, Record, Subscription};
+use crate::{
+    consumer::now_ms, partition_for, BusError, EventBus, Message, Position, Record, Subscription,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS bus_topics (
@@ -145,7 +147,8 @@ impl Inner {
             .bind(part as i64)
             .fetch_one(&mut *tx)
             .await?;
-            let headers = serde_json::to_string(&m.headers).map_err(|e| BusError::Other(e.to_string()))?;
+            let headers =
+                serde_json::to_string(&m.headers).map_err(|e| BusError::Other(e.to_string()))?;
             sqlx::query("INSERT INTO bus_records (topic, part, off, msg_key, headers, payload, ts) VALUES (?, ?, ?, ?, ?, ?, ?)")
                 .bind(&m.topic)
                 .bind(part as i64)
@@ -175,7 +178,8 @@ impl EventBus for EmbeddedBus {
 
     async fn publish(&self, msg: Message) -> Result<Position, BusError> {
         let mut pos = self.inner.append(vec![msg]).await?;
-        pos.pop().ok_or_else(|| BusError::Other("nothing appended".into()))
+        pos.pop()
+            .ok_or_else(|| BusError::Other("nothing appended".into()))
     }
 
     async fn publish_all(&self, msgs: Vec<Message>) -> Result<(), BusError> {

@@ -12,6 +12,8 @@ pub const NOT_BEFORE: &str = "clairon-not-before";
 pub const ORIGINAL_TOPIC: &str = "clairon-original-topic";
 pub const ORIGINAL_PARTITION: &str = "clairon-original-partition";
 pub const ORIGINAL_OFFSET: &str = "clairon-original-offset";
+/// The consumer group whose handling failed.
+pub const CONSUMER_GROUP: &str = "clairon-consumer-group";
 /// Why the last handling failed.
 pub const ERROR: &str = "clairon-error";
 

@@ -104,7 +104,10 @@ impl Envelope {
         let mut headers = vec![
             (headers::EVENT_ID.to_owned(), event_id.to_string()),
             (headers::EVENT_TYPE.to_owned(), E::TYPE.as_str().to_owned()),
-            (headers::SCHEMA_VERSION.to_owned(), SCHEMA_VERSION.to_string()),
+            (
+                headers::SCHEMA_VERSION.to_owned(),
+                SCHEMA_VERSION.to_string(),
+            ),
             (headers::ATTEMPT.to_owned(), "1".to_owned()),
         ];
         if let Some(tp) = traceparent {

@@ -27,7 +27,9 @@ impl Timestamp {
         }
         NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
             .map(|n| Timestamp(n.and_utc()))
-            .map_err(|_| format!("`{s}` is not a date-time like 2024-01-01T10:00:00 or 2024-01-01T10:00:00Z"))
+            .map_err(|_| {
+                format!("`{s}` is not a date-time like 2024-01-01T10:00:00 or 2024-01-01T10:00:00Z")
+            })
     }
 }
 

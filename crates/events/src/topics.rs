@@ -1,6 +1,8 @@
 //! Topic names. Retry and dead-letter topics derive from the topic they serve:
-//! `<topic>-retry-<n>` holds records whose n-th attempt failed, `<topic>-dlt` the
-//! records that will not be retried again.
+//! `<topic>-retry-<group>-<n>` holds the records whose n-th attempt failed in
+//! consumer group `<group>` (one set per group, so one group's retries are never
+//! re-handled by another group reading the same topic); `<topic>-dlt` holds the
+//! records no group will retry again, with the group named in a header.
 
 pub const USER_REGISTERED: &str = "user-registered";
 pub const NOTIFICATION_TRIGGERED: &str = "notification-triggered";
@@ -18,8 +20,8 @@ pub const ALL: [&str; 5] = [
 
 const DLT_SUFFIX: &str = "-dlt";
 
-pub fn retry(topic: &str, level: u32) -> String {
-    format!("{topic}-retry-{level}")
+pub fn retry(topic: &str, group: &str, level: u32) -> String {
+    format!("{topic}-retry-{group}-{level}")
 }
 
 pub fn dead_letter(topic: &str) -> String {
@@ -35,10 +37,8 @@ pub fn base_topic(topic: &str) -> &str {
     if let Some(base) = topic.strip_suffix(DLT_SUFFIX) {
         return base;
     }
-    if let Some(idx) = topic.rfind("-retry-") {
-        if topic[idx + 7..].chars().all(|c| c.is_ascii_digit()) && idx + 7 < topic.len() {
-            return &topic[..idx];
-        }
+    match topic.find("-retry-") {
+        Some(idx) if topic.ends_with(|c: char| c.is_ascii_digit()) => &topic[..idx],
+        _ => topic,
     }
-    topic
 }

@@ -40,9 +40,14 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let ctx = Arc::<AuthContext>::from_ref(state);
         let token = bearer(parts).ok_or_else(|| {
-            ApiError::Unauthorized("Authentication required: send `Authorization: Bearer <token>`.".into())
+            ApiError::Unauthorized(
+                "Authentication required: send `Authorization: Bearer <token>`.".into(),
+            )
         })?;
-        ctx.authenticate(token).await.map(Authenticated).map_err(token_error)
+        ctx.authenticate(token)
+            .await
+            .map(Authenticated)
+            .map_err(token_error)
     }
 }
 
@@ -59,7 +64,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Authenticated(c) = Authenticated::from_request_parts(parts, state).await?;
         if c.role != Role::Admin {
-            return Err(ApiError::Forbidden("This needs an administrator account.".into()));
+            return Err(ApiError::Forbidden(
+                "This needs an administrator account.".into(),
+            ));
         }
         Ok(AdminOnly(c))
     }

@@ -16,7 +16,10 @@ struct Checks {
 
 pub fn router(db: Option<Database>, bus: Arc<dyn EventBus>) -> Router {
     Router::new()
-        .route("/health/live", get(|| async { Json(json!({"status": "UP"})) }))
+        .route(
+            "/health/live",
+            get(|| async { Json(json!({"status": "UP"})) }),
+        )
         .route("/health/ready", get(ready))
         .with_state(Checks { db, bus })
 }
@@ -37,7 +40,11 @@ async fn ready(State(c): State<Checks>) -> (StatusCode, Json<serde_json::Value>)
         Err(_) => "DOWN: timed out".to_owned(),
     };
     let up = db == "UP" && bus == "UP";
-    let status = if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(json!({

@@ -40,19 +40,24 @@ fn rejection_to_problem(rej: JsonRejection) -> ApiError {
                 .unwrap_or_else(|| e.body_text());
             let (field, reason) = match text.split_once(": ") {
                 Some((f, r)) if !f.contains(' ') => (f.to_owned(), r.to_owned()),
-                _ => (missing_field(&text).unwrap_or_else(|| "body".into()), text.clone()),
+                _ => (
+                    missing_field(&text).unwrap_or_else(|| "body".into()),
+                    text.clone(),
+                ),
             };
             ApiError::Invalid(vec![FieldError::new(field, clean_reason(&reason))])
         }
         JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest {
             detail: format!(
                 "The body is not valid JSON: {}",
-                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.body_text())
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.body_text())
             ),
         },
-        JsonRejection::MissingJsonContentType(_) => {
-            ApiError::UnsupportedMediaType("Send the body as JSON with `Content-Type: application/json`.".into())
-        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+            "Send the body as JSON with `Content-Type: application/json`.".into(),
+        ),
         JsonRejection::BytesRejection(e) => {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge("The request body is larger than the 1 MiB limit.".into())

@@ -17,14 +17,18 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub fn apply(service: &'static str, router: Router) -> Router {
     router
         .fallback(|| async {
-            problem_response(StatusCode::NOT_FOUND, "There is nothing at this address.".into(), vec![])
+            problem_response(
+                StatusCode::NOT_FOUND,
+                "There is nothing at this address.".into(),
+                vec![],
+            )
         })
         .layer(middleware::map_response(problemize))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(move |req: Request, next: middleware::Next| {
-            crate::metrics::track(service, req, next)
-        }))
+        .layer(middleware::from_fn(
+            move |req: Request, next: middleware::Next| crate::metrics::track(service, req, next),
+        ))
         .layer(TraceLayer::new_for_http())
 }
 
@@ -36,15 +40,24 @@ async fn problemize(res: Response) -> Response {
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json") || v.starts_with("text/html") || v.starts_with("application/javascript") || v.starts_with("text/css"));
+        .is_some_and(|v| {
+            v.contains("json")
+                || v.starts_with("text/html")
+                || v.starts_with("application/javascript")
+                || v.starts_with("text/css")
+        });
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return res;
     }
     let detail = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "The request body is larger than the 1 MiB limit.".to_owned(),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            "The request body is larger than the 1 MiB limit.".to_owned()
+        }
         StatusCode::METHOD_NOT_ALLOWED => "This address does not accept that method.".to_owned(),
         _ => {
-            let bytes = axum::body::to_bytes(res.into_body(), 64 * 1024).await.unwrap_or_default();
+            let bytes = axum::body::to_bytes(res.into_body(), 64 * 1024)
+                .await
+                .unwrap_or_default();
             let text = String::from_utf8_lossy(&bytes).trim().to_owned();
             if text.is_empty() {
                 status.canonical_reason().unwrap_or("Error").to_owned()

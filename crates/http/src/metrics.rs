@@ -21,7 +21,10 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Suffix("duration_seconds".into()),
-                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ],
                 )
                 .ok()?
                 .install_recorder()

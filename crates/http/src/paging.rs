@@ -35,7 +35,10 @@ pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
     match requested {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::invalid("limit", format!("must be between 1 and {MAX_LIMIT}"))),
+        Some(_) => Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        )),
     }
 }
 
@@ -45,7 +48,10 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_garbage_is_a_4xx() {
-        let c = Cursor { time_ms: 42, id: "abc|def".into() };
+        let c = Cursor {
+            time_ms: 42,
+            id: "abc|def".into(),
+        };
         assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
         assert_eq!(Cursor::decode("%%%").unwrap_err().status().as_u16(), 422);
     }

@@ -130,9 +130,11 @@ impl IntoResponse for ApiError {
                     vec![],
                 )
             }
-            ApiError::Invalid(errors) => {
-                problem_response(status, format!("The request is not valid: {}", describe(&errors)), errors)
-            }
+            ApiError::Invalid(errors) => problem_response(
+                status,
+                format!("The request is not valid: {}", describe(&errors)),
+                errors,
+            ),
             other => problem_response(status, other.to_string(), vec![]),
         }
     }

@@ -93,7 +93,9 @@ pub(crate) async fn list(
         let own = claims.sub.clone();
         if let Some(u) = q.user_id.filter(|u| !u.eq_ignore_ascii_case(&own)) {
             let _ = u;
-            return Err(ApiError::Forbidden("You can only list your own notifications.".into()));
+            return Err(ApiError::Forbidden(
+                "You can only list your own notifications.".into(),
+            ));
         }
         Some(own)
     };
@@ -101,7 +103,10 @@ pub(crate) async fn list(
         .status
         .map(|s| {
             NotificationStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| {
-                ApiError::invalid("status", "must be one of PENDING, SENT, CAPTURED, FAILED, DEAD")
+                ApiError::invalid(
+                    "status",
+                    "must be one of PENDING, SENT, CAPTURED, FAILED, DEAD",
+                )
             })
         })
         .transpose()?;
@@ -112,15 +117,30 @@ pub(crate) async fn list(
                 .ok_or_else(|| ApiError::invalid("type", "must be one of EMAIL, SMS, PUSH"))
         })
         .transpose()?;
-    let after = q.cursor.as_deref().map(Cursor::decode).transpose()?.map(|c| (c.time_ms, c.id));
-    let filter = ListFilter { user_id, status, kind, after };
+    let after = q
+        .cursor
+        .as_deref()
+        .map(Cursor::decode)
+        .transpose()?
+        .map(|c| (c.time_ms, c.id));
+    let filter = ListFilter {
+        user_id,
+        status,
+        kind,
+        after,
+    };
     let items = repo::list(&svc.db, &filter, limit).await?;
-    let next_cursor = next(&items, limit, |n| Cursor { time_ms: n.created_ms, id: n.notification_id.clone() });
+    let next_cursor = next(&items, limit, |n| Cursor {
+        time_ms: n.created_ms,
+        id: n.notification_id.clone(),
+    });
     Ok(Json(NotificationPage { items, next_cursor }))
 }
 
 fn next<T>(items: &[T], limit: i64, f: impl Fn(&T) -> Cursor) -> Option<String> {
-    (items.len() as i64 == limit).then(|| items.last().map(|i| f(i).encode())).flatten()
+    (items.len() as i64 == limit)
+        .then(|| items.last().map(|i| f(i).encode()))
+        .flatten()
 }
 
 fn parse_uuid(field: &str, s: &str) -> ApiResult<Uuid> {
@@ -129,7 +149,11 @@ fn parse_uuid(field: &str, s: &str) -> ApiResult<Uuid> {
 
 /// Loads a notification the caller may see. Others' notifications answer 404,
 /// so their existence does not leak.
-async fn visible(svc: &Notifications, claims: &clairon_auth::Claims, id: &str) -> ApiResult<NotificationView> {
+async fn visible(
+    svc: &Notifications,
+    claims: &clairon_auth::Claims,
+    id: &str,
+) -> ApiResult<NotificationView> {
     let id = parse_uuid("id", id)?.to_string();
     let n = repo::get(&svc.db, &id).await?;
     match n {
@@ -150,7 +174,10 @@ pub(crate) async fn get_one(
 ) -> ApiResult<Json<NotificationDetail>> {
     let notification = visible(&svc, &claims, &id).await?;
     let history = repo::history_of(&svc.db, &notification.notification_id).await?;
-    Ok(Json(NotificationDetail { notification, history }))
+    Ok(Json(NotificationDetail {
+        notification,
+        history,
+    }))
 }
 
 /// Mark a notification as read.
@@ -181,9 +208,17 @@ pub(crate) async fn dead_letters(
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Json<DeadLetterPage>> {
     let limit = paging::limit(q.limit)?;
-    let after = q.cursor.as_deref().map(Cursor::decode).transpose()?.map(|c| (c.time_ms, c.id));
+    let after = q
+        .cursor
+        .as_deref()
+        .map(Cursor::decode)
+        .transpose()?
+        .map(|c| (c.time_ms, c.id));
     let items = repo::dead_letters(&svc.db, after, limit).await?;
-    let next_cursor = next(&items, limit, |d| Cursor { time_ms: d.created_ms, id: d.id.clone() });
+    let next_cursor = next(&items, limit, |d| Cursor {
+        time_ms: d.created_ms,
+        id: d.id.clone(),
+    });
     Ok(Json(DeadLetterPage { items, next_cursor }))
 }
 
@@ -201,16 +236,22 @@ pub(crate) async fn replay(
         .await?
         .ok_or_else(|| ApiError::NotFound("No such dead letter.".into()))?;
     if dl.replayed {
-        return Err(ApiError::Conflict("This dead letter has already been replayed.".into()));
+        return Err(ApiError::Conflict(
+            "This dead letter has already been replayed.".into(),
+        ));
     }
     // A fresh delivery: new event id and attempt count, same payload and key.
     let mut hs: Vec<(String, String)> = dl
         .headers
         .iter()
         .filter(|(k, _)| {
-            [headers::EVENT_TYPE, headers::SCHEMA_VERSION, headers::TRACEPARENT]
-                .iter()
-                .any(|h| k.eq_ignore_ascii_case(h))
+            [
+                headers::EVENT_TYPE,
+                headers::SCHEMA_VERSION,
+                headers::TRACEPARENT,
+            ]
+            .iter()
+            .any(|h| k.eq_ignore_ascii_case(h))
         })
         .cloned()
         .collect();
@@ -223,7 +264,9 @@ pub(crate) async fn replay(
         payload: dl.payload.clone().into_bytes(),
     };
     if !repo::replay(&svc.db, &svc.outbox, &id, &dl, &env).await? {
-        return Err(ApiError::Conflict("This dead letter has already been replayed.".into()));
+        return Err(ApiError::Conflict(
+            "This dead letter has already been replayed.".into(),
+        ));
     }
     Ok(StatusCode::ACCEPTED)
 }

@@ -119,7 +119,11 @@ impl Notifications {
     }
 
     /// PUSH notifications of `user` sent while no socket took them, oldest first.
-    pub async fn pending_pushes(&self, user: Uuid, limit: i64) -> anyhow::Result<Vec<PushRequested>> {
+    pub async fn pending_pushes(
+        &self,
+        user: Uuid,
+        limit: i64,
+    ) -> anyhow::Result<Vec<PushRequested>> {
         repo::pending_pushes(&self.db, user, limit).await
     }
 

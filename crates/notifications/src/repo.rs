@@ -70,7 +70,8 @@ fn ts(ms: i64) -> String {
     Timestamp::from_millis(ms).to_string()
 }
 
-const COLUMNS: &str = "notification_id, user_id, kind, title, message, recipient, status, attempts, \
+const COLUMNS: &str =
+    "notification_id, user_id, kind, title, message, recipient, status, attempts, \
                        last_error, created_at, updated_at, read_at, delivered_at";
 
 fn view(row: &AnyRow) -> sqlx::Result<NotificationView> {
@@ -151,16 +152,25 @@ pub async fn insert_pending(db: &Database, n: &NewNotification) -> anyhow::Resul
     .await;
     match res {
         Ok(_) => {
-            history(&mut tx, n.notification_id, NotificationStatus::Pending, 0, None).await?;
+            history(
+                &mut tx,
+                n.notification_id,
+                NotificationStatus::Pending,
+                0,
+                None,
+            )
+            .await?;
             tx.commit().await?;
             Ok(Inserted::New)
         }
         Err(e) if is_unique_violation(&e) => {
             tx.rollback().await?;
-            let row = sqlx::query("SELECT status, recipient FROM notif_notifications WHERE notification_id = ?")
-                .bind(n.notification_id.to_string())
-                .fetch_one(&db.pool)
-                .await?;
+            let row = sqlx::query(
+                "SELECT status, recipient FROM notif_notifications WHERE notification_id = ?",
+            )
+            .bind(n.notification_id.to_string())
+            .fetch_one(&db.pool)
+            .await?;
             let status: String = row.try_get(0)?;
             let status = NotificationStatus::parse(&status)
                 .ok_or_else(|| anyhow::anyhow!("unknown stored status {status}"))?;
@@ -260,7 +270,14 @@ pub async fn dead_letter(
             .rows_affected()
             > 0;
         if known {
-            history(&mut tx, n.notification_id, NotificationStatus::Dead, dl.attempts, Some(dl.reason)).await?;
+            history(
+                &mut tx,
+                n.notification_id,
+                NotificationStatus::Dead,
+                dl.attempts,
+                Some(dl.reason),
+            )
+            .await?;
         }
         let ev = NotificationStatusChanged {
             notification_id: n.notification_id,
@@ -280,10 +297,12 @@ pub async fn dead_letter(
 }
 
 pub async fn get(db: &Database, id: &str) -> anyhow::Result<Option<NotificationView>> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM notif_notifications WHERE notification_id = ?"))
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM notif_notifications WHERE notification_id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?;
     Ok(row.as_ref().map(view).transpose()?)
 }
 
@@ -323,7 +342,11 @@ pub struct ListFilter {
 }
 
 /// Newest first, keyset-paged on (created_at, notification_id).
-pub async fn list(db: &Database, f: &ListFilter, limit: i64) -> anyhow::Result<Vec<NotificationView>> {
+pub async fn list(
+    db: &Database,
+    f: &ListFilter,
+    limit: i64,
+) -> anyhow::Result<Vec<NotificationView>> {
     let mut sql = format!("SELECT {COLUMNS} FROM notif_notifications WHERE 1 = 1");
     if f.user_id.is_some() {
         sql.push_str(" AND user_id = ?");
@@ -365,7 +388,11 @@ pub async fn mark_read(db: &Database, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn pending_pushes(db: &Database, user: Uuid, limit: i64) -> anyhow::Result<Vec<PushRequested>> {
+pub async fn pending_pushes(
+    db: &Database,
+    user: Uuid,
+    limit: i64,
+) -> anyhow::Result<Vec<PushRequested>> {
     let rows = sqlx::query(
         "SELECT notification_id, title, message, created_at FROM notif_notifications \
          WHERE user_id = ? AND kind = 'PUSH' AND status = 'SENT' AND delivered_at IS NULL \
@@ -455,7 +482,11 @@ fn dl_view(r: &AnyRow) -> anyhow::Result<DeadLetterView> {
     })
 }
 
-pub async fn dead_letters(db: &Database, after: Option<(i64, String)>, limit: i64) -> anyhow::Result<Vec<DeadLetterView>> {
+pub async fn dead_letters(
+    db: &Database,
+    after: Option<(i64, String)>,
+    limit: i64,
+) -> anyhow::Result<Vec<DeadLetterView>> {
     let rows = match &after {
         None => {
             sqlx::query(&format!("SELECT {DL_COLUMNS} FROM notif_dead_letters ORDER BY created_at DESC, id DESC LIMIT ?"))
@@ -488,7 +519,10 @@ pub struct StoredDeadLetter {
     pub replayed: bool,
 }
 
-pub async fn dead_letter_by_id(db: &Database, id: &str) -> anyhow::Result<Option<StoredDeadLetter>> {
+pub async fn dead_letter_by_id(
+    db: &Database,
+    id: &str,
+) -> anyhow::Result<Option<StoredDeadLetter>> {
     let row = sqlx::query("SELECT topic, msg_key, headers, payload, notification_id, replayed_at FROM notif_dead_letters WHERE id = ?")
         .bind(id)
         .fetch_optional(&db.pool)
@@ -508,14 +542,22 @@ pub async fn dead_letter_by_id(db: &Database, id: &str) -> anyhow::Result<Option
 /// Puts a dead letter back on its topic: the notification returns to PENDING
 /// (so the redelivery is not skipped as already handled) and the record is
 /// republished through the outbox, all in one transaction.
-pub async fn replay(db: &Database, outbox: &Outbox, id: &str, dl: &StoredDeadLetter, env: &Envelope) -> anyhow::Result<bool> {
+pub async fn replay(
+    db: &Database,
+    outbox: &Outbox,
+    id: &str,
+    dl: &StoredDeadLetter,
+    env: &Envelope,
+) -> anyhow::Result<bool> {
     let mut tx = db.pool.begin().await?;
-    let claimed = sqlx::query("UPDATE notif_dead_letters SET replayed_at = ? WHERE id = ? AND replayed_at IS NULL")
-        .bind(now_ms())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+    let claimed = sqlx::query(
+        "UPDATE notif_dead_letters SET replayed_at = ? WHERE id = ? AND replayed_at IS NULL",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
         > 0;
     if !claimed {
         tx.rollback().await?;
@@ -528,7 +570,14 @@ pub async fn replay(db: &Database, outbox: &Outbox, id: &str, dl: &StoredDeadLet
             .execute(&mut *tx)
             .await?;
         if let Ok(uuid) = Uuid::parse_str(nid) {
-            history(&mut tx, uuid, NotificationStatus::Pending, 0, Some("replayed from the dead-letter queue")).await?;
+            history(
+                &mut tx,
+                uuid,
+                NotificationStatus::Pending,
+                0,
+                Some("replayed from the dead-letter queue"),
+            )
+            .await?;
         }
     }
     outbox.enqueue(&mut tx, env).await?;

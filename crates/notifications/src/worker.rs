@@ -20,7 +20,10 @@ use crate::{
 /// The welcome email's id derives from the user, so a redelivered
 /// `UserRegistered` maps to the same notification and is not sent twice.
 pub fn welcome_id(user_id: Uuid) -> Uuid {
-    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("clairon:welcome:{user_id}").as_bytes())
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("clairon:welcome:{user_id}").as_bytes(),
+    )
 }
 
 fn retry(e: anyhow::Error) -> HandleError {
@@ -78,11 +81,19 @@ impl Notifications {
             .contact(n.user_id)
             .await
             .map_err(retry)?
-            .ok_or_else(|| HandleError::Reject(format!("no recipient given and user {} is unknown", n.user_id)))?;
+            .ok_or_else(|| {
+                HandleError::Reject(format!(
+                    "no recipient given and user {} is unknown",
+                    n.user_id
+                ))
+            })?;
         match n.kind {
             NotificationType::Email => Ok(contact.email),
             _ => contact.phone_number.ok_or_else(|| {
-                HandleError::Reject(format!("no recipient given and user {} has no phone number", n.user_id))
+                HandleError::Reject(format!(
+                    "no recipient given and user {} has no phone number",
+                    n.user_id
+                ))
             }),
         }
     }
@@ -114,12 +125,28 @@ impl Notifications {
         let (status, reason, err) = match result {
             Ok(Delivery::Sent) => (NotificationStatus::Sent, None, None),
             Ok(Delivery::Captured) => (NotificationStatus::Captured, None, None),
-            Err(ChannelError::Transient(e)) => (NotificationStatus::Failed, Some(e.clone()), Some(HandleError::Retry(e))),
-            Err(ChannelError::Permanent(e)) => (NotificationStatus::Failed, Some(e.clone()), Some(HandleError::Reject(e))),
+            Err(ChannelError::Transient(e)) => (
+                NotificationStatus::Failed,
+                Some(e.clone()),
+                Some(HandleError::Retry(e)),
+            ),
+            Err(ChannelError::Permanent(e)) => (
+                NotificationStatus::Failed,
+                Some(e.clone()),
+                Some(HandleError::Reject(e)),
+            ),
         };
-        repo::record_outcome(&self.db, &self.outbox, n, status, attempt, Some(&recipient), reason.as_deref())
-            .await
-            .map_err(retry)?;
+        repo::record_outcome(
+            &self.db,
+            &self.outbox,
+            n,
+            status,
+            attempt,
+            Some(&recipient),
+            reason.as_deref(),
+        )
+        .await
+        .map_err(retry)?;
         match err {
             None => Ok(()),
             Some(e) => {

@@ -83,14 +83,29 @@ fn check_len(errors: &mut Vec<FieldError>, field: String, value: &str, max: usiz
     if required && n == 0 {
         errors.push(FieldError::new(field, "must not be empty"));
     } else if value.chars().count() > max {
-        errors.push(FieldError::new(field, format!("must be at most {max} characters")));
+        errors.push(FieldError::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
 }
 
 impl NotificationRequest {
     fn validate(&self, prefix: &str, errors: &mut Vec<FieldError>) {
-        check_len(errors, format!("{prefix}title"), &self.title, MAX_TITLE, true);
-        check_len(errors, format!("{prefix}message"), &self.message, MAX_MESSAGE, true);
+        check_len(
+            errors,
+            format!("{prefix}title"),
+            &self.title,
+            MAX_TITLE,
+            true,
+        );
+        check_len(
+            errors,
+            format!("{prefix}message"),
+            &self.message,
+            MAX_MESSAGE,
+            true,
+        );
         if let Some(r) = &self.recipient {
             check_len(errors, format!("{prefix}recipient"), r, MAX_RECIPIENT, true);
         }
@@ -136,7 +151,8 @@ pub(crate) async fn trigger(
     let tp = traceparent(&headers);
     let env = Envelope::new(&event, Some(&tp));
     let answer = json!({ "notificationId": event.notification_id });
-    svc.accept(&claims.sub, &headers, hash, vec![env], answer).await
+    svc.accept(&claims.sub, &headers, hash, vec![env], answer)
+        .await
 }
 
 /// Trigger several notifications at once (all or nothing).
@@ -168,12 +184,21 @@ pub(crate) async fn trigger_batch(
     }
     let hash = request_hash("batch", &req);
     let tp = traceparent(&headers);
-    let events: Vec<NotificationTriggered> =
-        req.notifications.into_iter().map(NotificationRequest::into_event).collect();
+    let events: Vec<NotificationTriggered> = req
+        .notifications
+        .into_iter()
+        .map(NotificationRequest::into_event)
+        .collect();
     let ids: Vec<Uuid> = events.iter().map(|e| e.notification_id).collect();
     let envs = events.iter().map(|e| Envelope::new(e, Some(&tp))).collect();
-    svc.accept(&claims.sub, &headers, hash, envs, json!({ "notificationIds": ids }))
-        .await
+    svc.accept(
+        &claims.sub,
+        &headers,
+        hash,
+        envs,
+        json!({ "notificationIds": ids }),
+    )
+    .await
 }
 
 /// Record a user action.
@@ -191,7 +216,13 @@ pub(crate) async fn user_action(
     ApiJson(req): ApiJson<UserActionRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let mut errors = Vec::new();
-    check_len(&mut errors, "actionDetails".into(), &req.action_details, MAX_DETAILS, false);
+    check_len(
+        &mut errors,
+        "actionDetails".into(),
+        &req.action_details,
+        MAX_DETAILS,
+        false,
+    );
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
@@ -204,8 +235,14 @@ pub(crate) async fn user_action(
     };
     let event_id = Uuid::now_v7();
     let env = Envelope::with_id(&event, event_id, Some(&traceparent(&headers)));
-    svc.accept(&claims.sub, &headers, hash, vec![env], json!({ "eventId": event_id }))
-        .await
+    svc.accept(
+        &claims.sub,
+        &headers,
+        hash,
+        vec![env],
+        json!({ "eventId": event_id }),
+    )
+    .await
 }
 
 impl Publisher {
@@ -248,7 +285,12 @@ impl Publisher {
         Ok((StatusCode::ACCEPTED, Json(answer)))
     }
 
-    async fn replay(&self, principal: &str, key: &str, hash: &str) -> ApiResult<(StatusCode, Json<Value>)> {
+    async fn replay(
+        &self,
+        principal: &str,
+        key: &str,
+        hash: &str,
+    ) -> ApiResult<(StatusCode, Json<Value>)> {
         let row: Option<(String, String)> = sqlx::query_as(
             "SELECT request_hash, response FROM publisher_idempotency WHERE principal = ? AND idem_key = ?",
         )
@@ -257,7 +299,9 @@ impl Publisher {
         .fetch_optional(&self.db.pool)
         .await?;
         let Some((stored_hash, response)) = row else {
-            return Err(ApiError::Conflict("A request with this Idempotency-Key is in progress; retry.".into()));
+            return Err(ApiError::Conflict(
+                "A request with this Idempotency-Key is in progress; retry.".into(),
+            ));
         };
         if stored_hash != hash {
             return Err(ApiError::invalid(
@@ -265,8 +309,9 @@ impl Publisher {
                 "was already used with a different request",
             ));
         }
-        let answer: Value = serde_json::from_str(&response)
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored idempotent answer unreadable: {e}")))?;
+        let answer: Value = serde_json::from_str(&response).map_err(|e| {
+            ApiError::Internal(anyhow::anyhow!("stored idempotent answer unreadable: {e}"))
+        })?;
         Ok((StatusCode::ACCEPTED, Json(answer)))
     }
 }
@@ -302,7 +347,12 @@ pub(crate) fn traceparent(headers: &HeaderMap) -> String {
     if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         let parts: Vec<&str> = tp.split('-').collect();
         let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2) {
+        if parts.len() == 4
+            && hex(parts[0], 2)
+            && hex(parts[1], 32)
+            && hex(parts[2], 16)
+            && hex(parts[3], 2)
+        {
             return tp.to_ascii_lowercase();
         }
     }

@@ -53,19 +53,20 @@ impl Publisher {
             outbox: Outbox::new("publisher_outbox"),
             auth: deps.auth.clone(),
         });
-        deps.tasks.spawn(
-            svc.outbox
-                .clone()
-                .run_relay(db.clone(), deps.bus.clone(), deps.cancel.clone()),
-        );
+        deps.tasks.spawn(svc.outbox.clone().run_relay(
+            db.clone(),
+            deps.bus.clone(),
+            deps.cancel.clone(),
+        ));
         let (db2, cancel) = (db, deps.cancel.clone());
         deps.tasks.spawn(async move {
             loop {
                 let cutoff = now_ms() - IDEMPOTENCY_TTL.as_millis() as i64;
-                if let Err(e) = sqlx::query("DELETE FROM publisher_idempotency WHERE created_at < ?")
-                    .bind(cutoff)
-                    .execute(&db2.pool)
-                    .await
+                if let Err(e) =
+                    sqlx::query("DELETE FROM publisher_idempotency WHERE created_at < ?")
+                        .bind(cutoff)
+                        .execute(&db2.pool)
+                        .await
                 {
                     tracing::warn!(error = %e, "pruning idempotency keys failed");
                 }

@@ -40,8 +40,11 @@ async fn fixture() -> Fixture {
     let db = Database::connect(&format!("sqlite://{}/p.db", dir.path().display()), 4)
         .await
         .unwrap();
-    let bus: Arc<dyn EventBus> =
-        Arc::new(EmbeddedBus::open(&dir.path().join("bus.db"), 2).await.unwrap());
+    let bus: Arc<dyn EventBus> = Arc::new(
+        EmbeddedBus::open(&dir.path().join("bus.db"), 2)
+            .await
+            .unwrap(),
+    );
     let auth = Arc::new(AuthContext {
         tokens: Tokens::new(&[1u8; 32], Duration::from_secs(60)).unwrap(),
         revocations: Arc::new(NoRevocations),
@@ -68,7 +71,13 @@ impl Fixture {
         self.auth.tokens.issue("caller", role).unwrap().token
     }
 
-    async fn post(&self, path: &str, token: Option<&str>, key: Option<&str>, body: Value) -> (StatusCode, Value) {
+    async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, Value) {
         let mut req = Request::post(path).header("content-type", "application/json");
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -83,12 +92,24 @@ impl Fixture {
             .await
             .unwrap();
         let status = res.status();
-        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     async fn published(&self, topic: &str) -> Vec<clairon_bus::Record> {
-        while self.svc.outbox.relay_once(&self.svc.db, &*self.bus).await.unwrap() > 0 {}
+        while self
+            .svc
+            .outbox
+            .relay_once(&self.svc.db, &*self.bus)
+            .await
+            .unwrap()
+            > 0
+        {}
         let mut sub = self.bus.subscribe("t", &[topic.to_owned()]).await.unwrap();
         sub.poll(100, Duration::from_millis(50)).await.unwrap()
     }
@@ -101,13 +122,19 @@ fn sample() -> Value {
 #[tokio::test]
 async fn only_admins_and_services_may_publish() {
     let f = fixture().await;
-    let (s, body) = f.post("/api/events/notifications", None, None, sample()).await;
+    let (s, body) = f
+        .post("/api/events/notifications", None, None, sample())
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
     let user = f.token(Role::User);
-    let (s, _) = f.post("/api/events/notifications", Some(&user), None, sample()).await;
+    let (s, _) = f
+        .post("/api/events/notifications", Some(&user), None, sample())
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let svc = f.token(Role::Service);
-    let (s, _) = f.post("/api/events/notifications", Some(&svc), None, sample()).await;
+    let (s, _) = f
+        .post("/api/events/notifications", Some(&svc), None, sample())
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert!(f.published("notification-triggered").await.len() == 1);
 }
@@ -118,7 +145,14 @@ async fn accepted_notifications_reach_the_bus_in_the_specified_shape() {
     let admin = f.token(Role::Admin);
     let mut body = sample();
     body["timestamp"] = json!("2024-01-01T10:00:00");
-    let (s, answer) = f.post("/api/events/notifications", Some(&admin), None, body.clone()).await;
+    let (s, answer) = f
+        .post(
+            "/api/events/notifications",
+            Some(&admin),
+            None,
+            body.clone(),
+        )
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let recs = f.published("notification-triggered").await;
     assert_eq!(recs.len(), 1);
@@ -128,8 +162,14 @@ async fn accepted_notifications_reach_the_bus_in_the_specified_shape() {
     assert_eq!(payload["type"], "EMAIL");
     assert_eq!(payload["timestamp"], "2024-01-01T10:00:00.000Z");
     assert_eq!(recs[0].key, body["userId"].as_str().unwrap());
-    assert_eq!(recs[0].header(headers::EVENT_TYPE), Some("NotificationTriggered"));
-    assert!(recs[0].header(headers::TRACEPARENT).unwrap().starts_with("00-"));
+    assert_eq!(
+        recs[0].header(headers::EVENT_TYPE),
+        Some("NotificationTriggered")
+    );
+    assert!(recs[0]
+        .header(headers::TRACEPARENT)
+        .unwrap()
+        .starts_with("00-"));
 }
 
 #[tokio::test]
@@ -137,13 +177,34 @@ async fn idempotency_key_returns_the_first_answer_and_publishes_once() {
     let f = fixture().await;
     let admin = f.token(Role::Admin);
     let body = sample();
-    let (s1, a1) = f.post("/api/events/notifications", Some(&admin), Some("k-1"), body.clone()).await;
-    let (s2, a2) = f.post("/api/events/notifications", Some(&admin), Some("k-1"), body.clone()).await;
+    let (s1, a1) = f
+        .post(
+            "/api/events/notifications",
+            Some(&admin),
+            Some("k-1"),
+            body.clone(),
+        )
+        .await;
+    let (s2, a2) = f
+        .post(
+            "/api/events/notifications",
+            Some(&admin),
+            Some("k-1"),
+            body.clone(),
+        )
+        .await;
     assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
     assert_eq!(a1, a2);
     assert_eq!(f.published("notification-triggered").await.len(), 1);
 
-    let (s3, problem) = f.post("/api/events/notifications", Some(&admin), Some("k-1"), sample()).await;
+    let (s3, problem) = f
+        .post(
+            "/api/events/notifications",
+            Some(&admin),
+            Some("k-1"),
+            sample(),
+        )
+        .await;
     assert_eq!(s3, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["errors"][0]["field"], "Idempotency-Key");
 }
@@ -153,19 +214,34 @@ async fn invalid_input_names_the_field() {
     let f = fixture().await;
     let admin = f.token(Role::Admin);
     let (s, p) = f
-        .post("/api/events/notifications", Some(&admin), None, json!({"userId": "nope", "type": "EMAIL", "title": "t", "message": "m"}))
+        .post(
+            "/api/events/notifications",
+            Some(&admin),
+            None,
+            json!({"userId": "nope", "type": "EMAIL", "title": "t", "message": "m"}),
+        )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(p["errors"][0]["field"], "userId");
     let (s, p) = f
-        .post("/api/events/notifications", Some(&admin), None, json!({"userId": uuid::Uuid::new_v4(), "type": "FAX", "title": "t", "message": "m"}))
+        .post(
+            "/api/events/notifications",
+            Some(&admin),
+            None,
+            json!({"userId": uuid::Uuid::new_v4(), "type": "FAX", "title": "t", "message": "m"}),
+        )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(p["errors"][0]["field"], "type");
     let mut bad = sample();
     bad["title"] = json!("  ");
     let (s, p) = f
-        .post("/api/events/notifications/batch", Some(&admin), None, json!({"notifications": [sample(), bad]}))
+        .post(
+            "/api/events/notifications/batch",
+            Some(&admin),
+            None,
+            json!({"notifications": [sample(), bad]}),
+        )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(p["errors"][0]["field"], "notifications[1].title");
@@ -177,7 +253,12 @@ async fn batches_and_user_actions_are_published() {
     let f = fixture().await;
     let admin = f.token(Role::Admin);
     let (s, a) = f
-        .post("/api/events/notifications/batch", Some(&admin), None, json!({"notifications": [sample(), sample(), sample()]}))
+        .post(
+            "/api/events/notifications/batch",
+            Some(&admin),
+            None,
+            json!({"notifications": [sample(), sample(), sample()]}),
+        )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_eq!(a["notificationIds"].as_array().unwrap().len(), 3);

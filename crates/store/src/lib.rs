@@ -33,7 +33,10 @@ impl Database {
         } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
             Backend::MySql
         } else {
-            anyhow::bail!("unsupported database URL scheme in `{}`: use sqlite:// or mysql://", redact(url));
+            anyhow::bail!(
+                "unsupported database URL scheme in `{}`: use sqlite:// or mysql://",
+                redact(url)
+            );
         };
         let mut url = url.replacen("mariadb:", "mysql:", 1);
         if backend == Backend::Sqlite {
@@ -156,7 +159,10 @@ pub async fn migrate(db: &Database, service: &str, migrations: &[Migration]) -> 
         // version is recorded last: a failed migration is retried whole.
         for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             db.pool.execute(stmt).await.with_context(|| {
-                format!("{service} migration {} ({}) failed on: {stmt}", m.version, m.description)
+                format!(
+                    "{service} migration {} ({}) failed on: {stmt}",
+                    m.version, m.description
+                )
             })?;
         }
         sqlx::query("INSERT INTO clairon_migrations (service, version, description, applied_at) VALUES (?, ?, ?, ?)")
@@ -166,7 +172,12 @@ pub async fn migrate(db: &Database, service: &str, migrations: &[Migration]) -> 
             .bind(now_ms())
             .execute(&db.pool)
             .await?;
-        tracing::info!(service, version = m.version, description = m.description, "migration applied");
+        tracing::info!(
+            service,
+            version = m.version,
+            description = m.description,
+            "migration applied"
+        );
     }
     Ok(())
 }

@@ -101,7 +101,9 @@ impl Outbox {
                 payload: payload.into_bytes(),
             });
         }
-        bus.publish_all(msgs).await.context("publishing outbox rows")?;
+        bus.publish_all(msgs)
+            .await
+            .context("publishing outbox rows")?;
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
         sqlx::query(&format!("DELETE FROM {} WHERE id IN ({list})", self.table))
             .execute(&db.pool)
@@ -113,7 +115,12 @@ impl Outbox {
     }
 
     /// Publishes committed rows until `cancel` fires, then drains what it can.
-    pub async fn run_relay(self: Arc<Self>, db: Database, bus: Arc<dyn EventBus>, cancel: CancellationToken) {
+    pub async fn run_relay(
+        self: Arc<Self>,
+        db: Database,
+        bus: Arc<dyn EventBus>,
+        cancel: CancellationToken,
+    ) {
         let mut failures = 0u32;
         loop {
             match self.relay_once(&db, &*bus).await {

@@ -56,7 +56,15 @@ pub(crate) fn router(up: &crate::Upstreams) -> Router {
 fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection" | "keep-alive" | "proxy-authenticate" | "proxy-authorization" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "host"
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
     )
 }
 
@@ -85,7 +93,11 @@ async fn proxy(State(p): State<Proxy>, req: Request) -> Response {
     match out.send().await {
         Ok(res) => {
             let mut b = Response::builder().status(res.status());
-            for (k, v) in res.headers().iter().filter(|(k, _)| !hop_by_hop(k) && *k != header::CONTENT_LENGTH) {
+            for (k, v) in res
+                .headers()
+                .iter()
+                .filter(|(k, _)| !hop_by_hop(k) && *k != header::CONTENT_LENGTH)
+            {
                 b = b.header(k, v);
             }
             b.body(Body::from_stream(res.bytes_stream()))

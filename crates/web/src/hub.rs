@@ -15,9 +15,12 @@ use uuid::Uuid;
 
 const QUEUE: usize = 256;
 
+/// A socket's id and the queue its writer task drains.
+type Socket = (u64, mpsc::Sender<Arc<str>>);
+
 #[derive(Default)]
 pub struct Hub {
-    conns: Mutex<HashMap<Uuid, Vec<(u64, mpsc::Sender<Arc<str>>)>>>,
+    conns: Mutex<HashMap<Uuid, Vec<Socket>>>,
     next_id: AtomicU64,
 }
 
@@ -70,7 +73,7 @@ impl Hub {
     /// Queues `frame` on every socket of `user`; returns how many took it.
     pub fn send(&self, user: Uuid, frame: Arc<str>) -> usize {
         // Copy the senders out so no lock is held while queueing.
-        let senders: Vec<(u64, mpsc::Sender<Arc<str>>)> = match self.conns.lock() {
+        let senders: Vec<Socket> = match self.conns.lock() {
             Ok(c) => c.get(&user).cloned().unwrap_or_default(),
             Err(_) => return 0,
         };

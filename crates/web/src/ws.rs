@@ -52,11 +52,20 @@ pub(crate) async fn upgrade(
     let token = auth::bearer(&parts)
         .map(str::to_owned)
         .or(q.token)
-        .ok_or_else(|| ApiError::Unauthorized("Authentication required: pass the token as `?token=` or `Authorization: Bearer`.".into()))?;
-    let claims = state.auth.authenticate(&token).await.map_err(auth::token_error)?;
-    let user = claims
-        .user_id()
-        .ok_or_else(|| ApiError::Forbidden("Only user accounts receive PUSH notifications.".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "Authentication required: pass the token as `?token=` or `Authorization: Bearer`."
+                    .into(),
+            )
+        })?;
+    let claims = state
+        .auth
+        .authenticate(&token)
+        .await
+        .map_err(auth::token_error)?;
+    let user = claims.user_id().ok_or_else(|| {
+        ApiError::Forbidden("Only user accounts receive PUSH notifications.".into())
+    })?;
     let web = state.web.clone();
     Ok(ws
         .max_message_size(64 * 1024)
@@ -75,7 +84,11 @@ async fn serve(web: Arc<Web>, user: Uuid, mut socket: WebSocket) {
         Ok(pending) => {
             let mut ids = Vec::new();
             for p in &pending {
-                if socket.send(Message::Text(frame(p).to_string().into())).await.is_err() {
+                if socket
+                    .send(Message::Text(frame(p).to_string().into()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 ids.push(p.notification_id);

@@ -60,14 +60,21 @@ async fn keeps_per_key_order_and_survives_reopen() {
         assert!(recs
             .iter()
             .filter(|r| r.key == format!("k{k}"))
-            .all(|r| r.partition == recs.iter().find(|x| x.key == format!("k{k}")).unwrap().partition));
+            .all(|r| r.partition
+                == recs
+                    .iter()
+                    .find(|x| x.key == format!("k{k}"))
+                    .unwrap()
+                    .partition));
     }
 }
 
 #[tokio::test]
 async fn committed_offsets_resume_and_seek_replays() {
     let dir = tempfile::tempdir().unwrap();
-    let bus = EmbeddedBus::open(&dir.path().join("bus.db"), 1).await.unwrap();
+    let bus = EmbeddedBus::open(&dir.path().join("bus.db"), 1)
+        .await
+        .unwrap();
     for i in 0..5 {
         bus.publish(msg("t", "k", &i.to_string())).await.unwrap();
     }
@@ -79,11 +86,17 @@ async fn committed_offsets_resume_and_seek_replays() {
 
     let mut sub = bus.subscribe("g", &["t".into()]).await.unwrap();
     let again = drain(&mut sub).await;
-    assert_eq!(again.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(
+        again.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
 
     sub.seek("t", 0, 1).await.unwrap();
     let replay = drain(&mut sub).await;
-    assert_eq!(replay.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        replay.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
 
     // Another group starts from the earliest record.
     let mut other = bus.subscribe("h", &["t".into()]).await.unwrap();
@@ -113,10 +126,10 @@ impl Handler for Flaky {
     }
 
     async fn dead_lettered(&self, r: &Record, reason: &str) -> anyhow::Result<()> {
-        self.dead
-            .lock()
-            .unwrap()
-            .push((String::from_utf8_lossy(&r.payload).to_string(), reason.to_owned()));
+        self.dead.lock().unwrap().push((
+            String::from_utf8_lossy(&r.payload).to_string(),
+            reason.to_owned(),
+        ));
         Ok(())
     }
 }
@@ -124,7 +137,11 @@ impl Handler for Flaky {
 #[tokio::test]
 async fn retries_with_backoff_then_dead_letters_without_blocking_other_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let bus: Arc<dyn EventBus> = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db"), 2).await.unwrap());
+    let bus: Arc<dyn EventBus> = Arc::new(
+        EmbeddedBus::open(&dir.path().join("bus.db"), 2)
+            .await
+            .unwrap(),
+    );
     let handler = Arc::new(Flaky {
         handled: Mutex::new(Vec::new()),
         attempts: AtomicU32::new(0),
@@ -144,9 +161,13 @@ async fn retries_with_backoff_then_dead_letters_without_blocking_other_keys() {
     ));
     let started = std::time::Instant::now();
     bus.publish(msg("t", "same-key", "bad-1")).await.unwrap();
-    bus.publish(msg("t", "same-key", "good-after-bad")).await.unwrap();
+    bus.publish(msg("t", "same-key", "good-after-bad"))
+        .await
+        .unwrap();
     bus.publish(msg("t", "other", "poison")).await.unwrap();
-    bus.publish(msg("t", "other", "good-after-poison")).await.unwrap();
+    bus.publish(msg("t", "other", "good-after-poison"))
+        .await
+        .unwrap();
 
     // Good records flow at once, even behind a failing record of the same key.
     for _ in 0..50 {
@@ -166,8 +187,12 @@ async fn retries_with_backoff_then_dead_letters_without_blocking_other_keys() {
     }
     let dead = handler.dead.lock().unwrap().clone();
     assert_eq!(dead.len(), 2, "{dead:?}");
-    assert!(dead.iter().any(|(b, why)| b == "poison" && why.contains("unparseable")));
-    assert!(dead.iter().any(|(b, why)| b == "bad-1" && why.contains("provider down")));
+    assert!(dead
+        .iter()
+        .any(|(b, why)| b == "poison" && why.contains("unparseable")));
+    assert!(dead
+        .iter()
+        .any(|(b, why)| b == "bad-1" && why.contains("provider down")));
     assert_eq!(handler.attempts.load(Ordering::SeqCst), 3);
     // Two backoffs: 200 ms then 400 ms.
     assert!(started.elapsed() >= Duration::from_millis(600));
@@ -178,7 +203,10 @@ async fn retries_with_backoff_then_dead_letters_without_blocking_other_keys() {
     let bad = recs.iter().find(|r| r.payload == b"bad-1").unwrap();
     assert_eq!(bad.header(headers::ATTEMPT), Some("3"));
     assert_eq!(bad.header(headers::ORIGINAL_TOPIC), Some("t"));
-    assert!(bad.header(headers::ERROR).unwrap().contains("provider down"));
+    assert!(bad
+        .header(headers::ERROR)
+        .unwrap()
+        .contains("provider down"));
     assert_eq!(bad.header(headers::EVENT_ID), Some("same-key-bad-1"));
 
     cancel.cancel();

@@ -50,10 +50,9 @@ impl EmailChannel {
 #[async_trait]
 impl Channel for EmailChannel {
     async fn send(&self, msg: &Outgoing) -> Result<Delivery, ChannelError> {
-        let to: Mailbox = msg
-            .recipient
-            .parse()
-            .map_err(|e| ChannelError::Permanent(format!("`{}` is not an email address: {e}", msg.recipient)))?;
+        let to: Mailbox = msg.recipient.parse().map_err(|e| {
+            ChannelError::Permanent(format!("`{}` is not an email address: {e}", msg.recipient))
+        })?;
         let email = Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -64,8 +63,12 @@ impl Channel for EmailChannel {
             .map_err(|e| ChannelError::Permanent(format!("cannot build the email: {e}")))?;
         match self.transport.send(email).await {
             Ok(_) => Ok(Delivery::Sent),
-            Err(e) if e.is_permanent() => Err(ChannelError::Permanent(format!("SMTP server refused: {e}"))),
-            Err(e) => Err(ChannelError::Transient(format!("SMTP delivery failed: {e}"))),
+            Err(e) if e.is_permanent() => {
+                Err(ChannelError::Permanent(format!("SMTP server refused: {e}")))
+            }
+            Err(e) => Err(ChannelError::Transient(format!(
+                "SMTP delivery failed: {e}"
+            ))),
         }
     }
 }

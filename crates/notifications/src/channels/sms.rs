@@ -55,7 +55,13 @@ impl Channel for SmsChannel {
         if status.is_success() {
             return Ok(Delivery::Sent);
         }
-        let body: String = res.text().await.unwrap_or_default().chars().take(300).collect();
+        let body: String = res
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
         let reason = format!("SMS gateway answered {status}: {body}");
         if status.is_server_error()
             || status == StatusCode::TOO_MANY_REQUESTS

@@ -1,0 +1,439 @@
+//! `clairon serve`: opens the bus and databases, starts the chosen services,
+//! binds their listeners and shuts everything down in order on SIGTERM/SIGINT.
+
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use axum::Router;
+use clairon_auth::{AuthContext, Revocations, Tokens};
+use clairon_bus::{consumer::RetryPolicy, embedded::EmbeddedBus, EventBus};
+use clairon_events::PushRequested;
+use clairon_http::ServiceDeps;
+use clairon_notifications::{channels, Contact, Notifications, UserDirectory};
+use clairon_store::Database;
+use clairon_users::Users;
+use clairon_web::{PushInbox, Upstream, Upstreams, Web};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use uuid::Uuid;
+
+use crate::config::{Common, ServeArgs, ServiceName};
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let wanted: HashSet<ServiceName> = args.services.iter().copied().collect();
+    anyhow::ensure!(!wanted.is_empty(), "--services names no service");
+    std::fs::create_dir_all(&args.common.data_dir).with_context(|| {
+        format!(
+            "creating the data folder {}",
+            args.common.data_dir.display()
+        )
+    })?;
+
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let bus = EmbeddedBus::open(&args.common.data_dir.join("bus.db"), args.bus_partitions)
+        .await
+        .context("opening the embedded event log")?;
+    let bus = Arc::new(bus);
+    {
+        let (bus, cancel, keep) = (
+            bus.clone(),
+            cancel.clone(),
+            Duration::from_secs(args.bus_retention_hours * 3600),
+        );
+        tasks.spawn(async move {
+            loop {
+                match bus.prune(keep).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(records = n, "pruned expired event log records")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning the event log failed"),
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+            }
+        });
+    }
+    let bus: Arc<dyn EventBus> = bus;
+
+    let users_db = open_db(&args.common, "users").await?;
+    let revocations: Arc<dyn Revocations> =
+        clairon_users::SqlRevocations::open(users_db.clone()).await?;
+    let secret = jwt_secret(&args.common, true)?;
+    let auth = Arc::new(AuthContext {
+        tokens: Tokens::new(
+            secret.as_bytes(),
+            Duration::from_secs(args.common.token_ttl_secs),
+        )?,
+        revocations,
+    });
+    let deps = ServiceDeps {
+        bus: bus.clone(),
+        auth,
+        cancel: cancel.clone(),
+        tasks: tasks.clone(),
+        retry: RetryPolicy {
+            max_attempts: args.retry_max_attempts.max(1),
+            initial_backoff: Duration::from_millis(args.retry_initial_backoff_ms),
+            max_backoff: Duration::from_millis(
+                args.retry_max_backoff_ms.max(args.retry_initial_backoff_ms),
+            ),
+        },
+    };
+
+    // Services, in dependency order; each listener gets its router plus the common routes.
+    let mut listeners: Vec<(ServiceName, SocketAddr, Router)> = Vec::new();
+    let mut docs = Vec::new();
+
+    let users = if wanted.contains(&ServiceName::Users) {
+        let admin = clairon_users::AdminBootstrap {
+            email: args.admin_email.clone(),
+            password: args.admin_password.clone(),
+        };
+        let svc = Users::start(&deps, users_db.clone(), admin)
+            .await
+            .context("starting the users service")?;
+        let router = svc.router();
+        listeners.push((
+            ServiceName::Users,
+            args.users_addr,
+            common_routes(
+                router.clone(),
+                Some(users_db.clone()),
+                &bus,
+                Users::openapi(),
+            ),
+        ));
+        docs.push(Users::openapi());
+        Some((svc, router))
+    } else {
+        None
+    };
+
+    let events = if wanted.contains(&ServiceName::Events) {
+        let db = open_db(&args.common, "publisher").await?;
+        let svc = clairon_publisher::Publisher::start(&deps, db.clone())
+            .await
+            .context("starting the event publisher")?;
+        let router = svc.router();
+        let doc = clairon_publisher::Publisher::openapi();
+        listeners.push((
+            ServiceName::Events,
+            args.events_addr,
+            common_routes(router.clone(), Some(db), &bus, doc.clone()),
+        ));
+        docs.push(doc);
+        Some(router)
+    } else {
+        None
+    };
+
+    let notifications = if wanted.contains(&ServiceName::Notifications) {
+        let db = open_db(&args.common, "notifications").await?;
+        let directory: Arc<dyn UserDirectory> = match &users {
+            Some((svc, _)) => Arc::new(LocalDirectory(svc.clone())),
+            None => anyhow::bail!(
+                "the notification service needs the users service in the same process for contact look-ups (run both, or run all services)"
+            ),
+        };
+        let chans = build_channels(&args, &bus)?;
+        let svc = Notifications::start(&deps, db.clone(), chans, directory)
+            .await
+            .context("starting the notification service")?;
+        let router = svc.router();
+        let doc = Notifications::openapi();
+        listeners.push((
+            ServiceName::Notifications,
+            args.notifications_addr,
+            common_routes(router.clone(), Some(db), &bus, doc.clone()),
+        ));
+        docs.push(doc);
+        Some((svc, router))
+    } else {
+        None
+    };
+
+    let logs = if wanted.contains(&ServiceName::Logs) {
+        let db = open_db(&args.common, "audit").await?;
+        let svc = clairon_audit::Audit::start(&deps, db.clone())
+            .await
+            .context("starting the logging service")?;
+        let router = svc.router();
+        let doc = clairon_audit::Audit::openapi();
+        listeners.push((
+            ServiceName::Logs,
+            args.logs_addr,
+            common_routes(router.clone(), Some(db), &bus, doc.clone()),
+        ));
+        docs.push(doc);
+        Some(router)
+    } else {
+        None
+    };
+
+    if wanted.contains(&ServiceName::Web) {
+        let inbox: Arc<dyn PushInbox> = match &notifications {
+            Some((svc, _)) => Arc::new(LocalInbox(svc.clone())),
+            None => anyhow::bail!("the web service needs the notification service in the same process for PUSH delivery"),
+        };
+        let pick = |local: Option<Router>,
+                    url: &Option<String>,
+                    name: &str,
+                    var: &str|
+         -> anyhow::Result<Upstream> {
+            match (local, url) {
+                (Some(r), _) => Ok(Upstream::Local(r)),
+                (None, Some(u)) => Ok(Upstream::Remote(u.clone())),
+                (None, None) => anyhow::bail!(
+                    "the web gateway needs {name}: run it in this process or set {var}"
+                ),
+            }
+        };
+        let upstreams = Upstreams {
+            users: pick(
+                users.as_ref().map(|(_, r)| r.clone()),
+                &args.users_url,
+                "the users service",
+                "CLAIRON_USERS_URL",
+            )?,
+            notifications: pick(
+                notifications.as_ref().map(|(_, r)| r.clone()),
+                &args.notifications_url,
+                "the notification service",
+                "CLAIRON_NOTIFICATIONS_URL",
+            )?,
+            events: pick(
+                events.clone(),
+                &args.events_url,
+                "the event publisher",
+                "CLAIRON_EVENTS_URL",
+            )?,
+            logs: pick(
+                logs.clone(),
+                &args.logs_url,
+                "the logging service",
+                "CLAIRON_LOGS_URL",
+            )?,
+        };
+        let web = Web::start(&deps, inbox, upstreams, &args.web_group)
+            .await
+            .context("starting the web service")?;
+        let mut doc = docs
+            .first()
+            .cloned()
+            .unwrap_or_else(|| utoipa::openapi::OpenApiBuilder::new().build());
+        for d in docs.iter().skip(1) {
+            doc.merge(d.clone());
+        }
+        listeners.push((
+            ServiceName::Web,
+            args.web_addr,
+            common_routes(web.router(), None, &bus, doc),
+        ));
+    }
+
+    // Bind everything before announcing anything, so a port clash fails fast.
+    let mut bound = Vec::new();
+    for (name, addr, router) in listeners {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("the {} service cannot listen on {addr}", name.as_str()))?;
+        bound.push((name, l, router));
+    }
+    let mut servers = Vec::new();
+    for (name, l, router) in bound {
+        let local = l.local_addr()?;
+        println!("clairon: {} listening on http://{local}", name.as_str());
+        tracing::info!(service = name.as_str(), %local, "listening");
+        let router = clairon_http::layers::apply(name.as_str(), router);
+        let c = cancel.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(l, router)
+                .with_graceful_shutdown(async move { c.cancelled().await })
+                .await
+        }));
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: intake stops, in-flight work finishes");
+    cancel.cancel();
+    tasks.close();
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    let drain = async {
+        for s in servers {
+            let _ = s.await;
+        }
+        tasks.wait().await;
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(
+            grace_secs = args.shutdown_grace_secs,
+            "shutdown grace period over; exiting with work unfinished (it will be redelivered)"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn common_routes(
+    router: Router,
+    db: Option<Database>,
+    bus: &Arc<dyn EventBus>,
+    mut doc: utoipa::openapi::OpenApi,
+) -> Router {
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .build(),
+        ),
+    );
+    doc.info.title = "Clairon".into();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    let doc = Arc::new(doc);
+    router
+        .merge(clairon_http::health::router(db, bus.clone()))
+        .merge(clairon_http::metrics::router())
+        .route(
+            "/api/docs/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+}
+
+async fn open_db(c: &Common, service: &str) -> anyhow::Result<Database> {
+    let url = match &c.database_url {
+        Some(u) => u.clone(),
+        None => format!("sqlite://{}/{service}.db", c.data_dir.display()),
+    };
+    Database::connect(&url, 8)
+        .await
+        .with_context(|| format!("opening the {service} database"))
+}
+
+fn build_channels(args: &ServeArgs, bus: &Arc<dyn EventBus>) -> anyhow::Result<channels::Channels> {
+    let email: Box<dyn channels::Channel> = match &args.smtp_url {
+        Some(url) => Box::new(channels::EmailChannel::new(&channels::SmtpSettings {
+            url: url.clone(),
+            username: args.smtp_username.clone(),
+            password: args.smtp_password.clone(),
+            from: args.smtp_from.clone(),
+        })?),
+        None => {
+            tracing::warn!("CLAIRON_SMTP_URL is not set: emails are stored as CAPTURED, not sent");
+            Box::new(channels::Capture)
+        }
+    };
+    let sms: Box<dyn channels::Channel> = match &args.sms_url {
+        Some(url) => Box::new(channels::SmsChannel::new(channels::SmsSettings {
+            url: url.clone(),
+            token: args.sms_token.clone(),
+        })?),
+        None => {
+            tracing::warn!("CLAIRON_SMS_URL is not set: SMS are stored as CAPTURED, not sent");
+            Box::new(channels::Capture)
+        }
+    };
+    Ok(channels::Channels {
+        email,
+        sms,
+        push: Box::new(channels::PushChannel::new(bus.clone())),
+    })
+}
+
+/// The token signing secret: the configured one, else the one kept in the data
+/// folder (created on first start when `create`).
+pub fn jwt_secret(c: &Common, create: bool) -> anyhow::Result<String> {
+    if let Some(s) = &c.jwt_secret {
+        return Ok(s.clone());
+    }
+    let path = c.data_dir.join("jwt-secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => return Ok(s.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {}
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "reading the token secret {} (set CLAIRON_JWT_SECRET)",
+                    path.display()
+                )
+            })
+        }
+    }
+    let secret = clairon_auth::random_secret(64);
+    std::fs::create_dir_all(&c.data_dir)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    use std::io::Write;
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(secret.as_bytes())?;
+    f.sync_all()?;
+    tracing::info!(path = %path.display(), "generated the token signing secret");
+    Ok(secret)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Contact look-ups served by the users service in this process.
+struct LocalDirectory(Arc<Users>);
+
+#[async_trait]
+impl UserDirectory for LocalDirectory {
+    async fn contact(&self, user_id: Uuid) -> anyhow::Result<Option<Contact>> {
+        Ok(self.0.contact(user_id).await?.map(|c| Contact {
+            email: c.email,
+            phone_number: c.phone_number,
+            first_name: c.first_name,
+        }))
+    }
+}
+
+/// The PUSH inbox kept by the notification service in this process.
+struct LocalInbox(Arc<Notifications>);
+
+#[async_trait]
+impl PushInbox for LocalInbox {
+    async fn pending(&self, user: Uuid) -> anyhow::Result<Vec<PushRequested>> {
+        self.0.pending_pushes(user, 500).await
+    }
+
+    async fn delivered(&self, ids: &[Uuid]) -> anyhow::Result<()> {
+        self.0.mark_pushes_delivered(ids).await
+    }
+}
