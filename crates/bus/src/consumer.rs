@@ -78,6 +78,8 @@ pub struct ConsumerSpec {
     pub topics: Vec<String>,
     pub policy: RetryPolicy,
     pub batch_size: usize,
+    /// Where the group starts when it has no committed offset.
+    pub start: crate::StartFrom,
 }
 
 impl ConsumerSpec {
@@ -87,6 +89,7 @@ impl ConsumerSpec {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             policy,
             batch_size: 256,
+            start: crate::StartFrom::Earliest,
         }
     }
 }
@@ -135,7 +138,7 @@ async fn level_loop(
     while !cancel.is_cancelled() {
         let s = match sub.as_mut() {
             Some(s) => s,
-            None => match bus.subscribe(&spec.group, &topics).await {
+            None => match bus.subscribe_from(&spec.group, &topics, spec.start).await {
                 Ok(s) => sub.insert(s),
                 Err(e) => {
                     tracing::warn!(group = %spec.group, error = %e, "subscribe failed; retrying");

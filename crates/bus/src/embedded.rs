@@ -22,7 +22,8 @@ use sqlx::{
 use tokio::sync::watch;
 
 use crate::{
-    consumer::now_ms, partition_for, BusError, EventBus, Message, Position, Record, Subscription,
+    consumer::now_ms, partition_for, BusError, BusOverview, EventBus, GroupLag, Message, Position,
+    Record, StartFrom, Subscription, TopicInfo,
 };
 
 const SCHEMA: &str = "
@@ -128,6 +129,17 @@ impl Inner {
         Ok(p as u32)
     }
 
+    async fn end_offset(&self, topic: &str, part: u32) -> Result<u64, BusError> {
+        let end: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(off) + 1, 0) FROM bus_records WHERE topic = ? AND part = ?",
+        )
+        .bind(topic)
+        .bind(part as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(end as u64)
+    }
+
     async fn append(&self, msgs: Vec<Message>) -> Result<Vec<Position>, BusError> {
         let mut parts = Vec::with_capacity(msgs.len());
         for m in &msgs {
@@ -189,12 +201,18 @@ impl EventBus for EmbeddedBus {
         Ok(())
     }
 
-    async fn subscribe(
+    async fn subscribe_from(
         &self,
         group: &str,
         topics: &[String],
+        start: StartFrom,
     ) -> Result<Box<dyn Subscription>, BusError> {
-        let mut positions = Vec::new();
+        let mut sub = EmbeddedSubscription {
+            inner: self.inner.clone(),
+            group: group.to_owned(),
+            positions: Vec::new(),
+            changes: self.inner.changes.subscribe(),
+        };
         for topic in topics {
             for part in 0..self.inner.partitions(topic).await? {
                 let committed: Option<i64> = sqlx::query_scalar(
@@ -205,20 +223,69 @@ impl EventBus for EmbeddedBus {
                 .bind(part as i64)
                 .fetch_optional(&self.inner.pool)
                 .await?;
-                positions.push((topic.clone(), part, committed.unwrap_or(0) as u64));
+                let pos = match (committed, start) {
+                    (Some(c), _) => c as u64,
+                    (None, StartFrom::Earliest) => 0,
+                    (None, StartFrom::Latest) => {
+                        let end = self.inner.end_offset(topic, part).await?;
+                        // Pin the start so a restart does not skip ahead again.
+                        sub.commit(topic, part, end).await?;
+                        end
+                    }
+                };
+                sub.positions.push((topic.clone(), part, pos));
             }
         }
-        Ok(Box::new(EmbeddedSubscription {
-            inner: self.inner.clone(),
-            group: group.to_owned(),
-            positions,
-            changes: self.inner.changes.subscribe(),
-        }))
+        Ok(Box::new(sub))
     }
 
     async fn ready(&self) -> Result<(), BusError> {
         sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
         Ok(())
+    }
+
+    async fn describe(&self) -> Result<BusOverview, BusError> {
+        let mut topics: Vec<TopicInfo> = Vec::new();
+        let rows = sqlx::query("SELECT topic, partitions FROM bus_topics ORDER BY topic")
+            .fetch_all(&self.inner.pool)
+            .await?;
+        for row in rows {
+            let name: String = row.get(0);
+            let parts: i64 = row.get(1);
+            let mut end_offsets = Vec::with_capacity(parts as usize);
+            for p in 0..parts as u32 {
+                end_offsets.push(self.inner.end_offset(&name, p).await?);
+            }
+            topics.push(TopicInfo { name, end_offsets });
+        }
+        let mut groups = Vec::new();
+        for row in sqlx::query(
+            "SELECT grp, topic, part, next_off FROM bus_offsets ORDER BY grp, topic, part",
+        )
+        .fetch_all(&self.inner.pool)
+        .await?
+        {
+            let topic: String = row.get(1);
+            let partition = row.get::<i64, _>(2) as u32;
+            let committed = row.get::<i64, _>(3) as u64;
+            let end = topics
+                .iter()
+                .find(|t| t.name == topic)
+                .and_then(|t| t.end_offsets.get(partition as usize).copied())
+                .unwrap_or(committed);
+            groups.push(GroupLag {
+                group: row.get(0),
+                topic,
+                partition,
+                committed,
+                lag: end.saturating_sub(committed),
+            });
+        }
+        Ok(BusOverview {
+            engine: "embedded".into(),
+            topics,
+            groups,
+        })
     }
 }
 

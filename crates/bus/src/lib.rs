@@ -88,16 +88,67 @@ pub trait EventBus: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Joins consumer group `group` for `topics`. A group with no committed offset
-    /// starts at the earliest record.
+    /// Joins consumer group `group` for `topics`; a partition without a committed
+    /// offset starts at `start`.
+    async fn subscribe_from(
+        &self,
+        group: &str,
+        topics: &[String],
+        start: StartFrom,
+    ) -> Result<Box<dyn Subscription>, BusError>;
+
+    /// Joins a consumer group that starts at the earliest record.
     async fn subscribe(
         &self,
         group: &str,
         topics: &[String],
-    ) -> Result<Box<dyn Subscription>, BusError>;
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        self.subscribe_from(group, topics, StartFrom::Earliest)
+            .await
+    }
 
     /// Fails when the engine cannot currently take writes.
     async fn ready(&self) -> Result<(), BusError>;
+
+    /// Topics, partitions, end offsets and each consumer group's lag, for monitoring.
+    async fn describe(&self) -> Result<BusOverview, BusError>;
+}
+
+/// Where a consumer group with no committed offset begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// Everything the log still holds (durable consumers).
+    #[default]
+    Earliest,
+    /// Only what is appended from now on (per-replica fan-out such as PUSH).
+    Latest,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BusOverview {
+    pub engine: String,
+    pub topics: Vec<TopicInfo>,
+    pub groups: Vec<GroupLag>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicInfo {
+    pub name: String,
+    /// End offset (next offset to be written) of each partition, by partition number.
+    pub end_offsets: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupLag {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+    pub committed: u64,
+    /// Records appended but not yet handled by the group.
+    pub lag: u64,
 }
 
 #[async_trait]

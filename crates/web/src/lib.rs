@@ -71,7 +71,9 @@ impl Web {
             tasks: deps.tasks.clone(),
             upstreams,
         });
-        let spec = ConsumerSpec::new(group, &[topics::NOTIFICATION_PUSH], deps.retry.clone());
+        let mut spec = ConsumerSpec::new(group, &[topics::NOTIFICATION_PUSH], deps.retry.clone());
+        // Pushes from before this replica existed are in the inbox already.
+        spec.start = clairon_bus::StartFrom::Latest;
         let handler = Arc::new(ws::PushHandler { web: web.clone() });
         let (bus, cancel) = (deps.bus.clone(), deps.cancel.clone());
         deps.tasks.spawn(async move {

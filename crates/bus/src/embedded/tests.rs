@@ -225,3 +225,28 @@ fn backoff_doubles_and_caps() {
     assert_eq!(p.backoff(3), Duration::from_secs(4));
     assert_eq!(p.backoff(4), Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn latest_groups_skip_history_and_describe_reports_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(&dir.path().join("bus.db"), 1)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        bus.publish(msg("t", "k", &i.to_string())).await.unwrap();
+    }
+    let mut late = bus
+        .subscribe_from("late", &["t".into()], StartFrom::Latest)
+        .await
+        .unwrap();
+    assert!(drain(&mut late).await.is_empty());
+    bus.publish(msg("t", "k", "3")).await.unwrap();
+    let got = drain(&mut late).await;
+    assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![3]);
+
+    let overview = bus.describe().await.unwrap();
+    assert_eq!(overview.topics[0].end_offsets, vec![4]);
+    let lag = overview.groups.iter().find(|g| g.group == "late").unwrap();
+    // Offset 3 was read but not committed.
+    assert_eq!((lag.committed, lag.lag), (3, 1));
+}
