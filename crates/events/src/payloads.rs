@@ -155,6 +155,9 @@ pub struct NotificationStatusChanged {
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When the notification was triggered, so consumers can measure delivery latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_at: Option<Timestamp>,
     pub timestamp: Timestamp,
 }
 

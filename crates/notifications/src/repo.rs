@@ -212,6 +212,7 @@ pub async fn record_outcome(
         status,
         attempt,
         reason: reason.map(str::to_owned),
+        triggered_at: Some(n.created_at),
         timestamp: Timestamp::now(),
     };
     outbox.enqueue(&mut tx, &Envelope::new(&ev, None)).await?;
@@ -286,6 +287,7 @@ pub async fn dead_letter(
             status: NotificationStatus::Dead,
             attempt: dl.attempts,
             reason: Some(dl.reason.to_owned()),
+            triggered_at: Some(n.created_at),
             timestamp: Timestamp::now(),
         };
         outbox.enqueue(&mut tx, &Envelope::new(&ev, None)).await?;
