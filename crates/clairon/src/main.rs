@@ -1,6 +1,7 @@
 //! The `clairon` binary: configuration, wiring and process lifecycle.
 
 mod config;
+mod remote;
 mod serve;
 
 use clap::Parser;

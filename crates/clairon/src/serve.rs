@@ -19,7 +19,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use uuid::Uuid;
 
-use crate::config::{Common, ServeArgs, ServiceName};
+use crate::{
+    config::{Common, ServeArgs, ServiceName},
+    remote::{RemoteDirectory, RemoteInbox, ServiceClient},
+};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let wanted: HashSet<ServiceName> = args.services.iter().copied().collect();
@@ -66,11 +69,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let revocations: Arc<dyn Revocations> =
         clairon_users::SqlRevocations::open(users_db.clone()).await?;
     let secret = jwt_secret(&args.common, true)?;
+    let ttl = Duration::from_secs(args.common.token_ttl_secs);
+    // A second signer with the same key, for the calls this process makes to other services.
+    let tokens = Arc::new(Tokens::new(secret.as_bytes(), ttl)?);
     let auth = Arc::new(AuthContext {
-        tokens: Tokens::new(
-            secret.as_bytes(),
-            Duration::from_secs(args.common.token_ttl_secs),
-        )?,
+        tokens: Tokens::new(secret.as_bytes(), ttl)?,
         revocations,
     });
     let deps = ServiceDeps {
@@ -136,10 +139,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let notifications = if wanted.contains(&ServiceName::Notifications) {
         let db = open_db(&args.common, "notifications").await?;
-        let directory: Arc<dyn UserDirectory> = match &users {
-            Some((svc, _)) => Arc::new(LocalDirectory(svc.clone())),
-            None => anyhow::bail!(
-                "the notification service needs the users service in the same process for contact look-ups (run both, or run all services)"
+        let directory: Arc<dyn UserDirectory> = match (&users, &args.users_url) {
+            (Some((svc, _)), _) => Arc::new(LocalDirectory(svc.clone())),
+            (None, Some(url)) => Arc::new(RemoteDirectory(ServiceClient::new(url, tokens.clone(), "clairon-notifications")?)),
+            (None, None) => anyhow::bail!(
+                "the notification service looks up contact details in the users service: run it in this process or set CLAIRON_USERS_URL"
             ),
         };
         let chans = build_channels(&args, &bus)?;
@@ -178,9 +182,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     if wanted.contains(&ServiceName::Web) {
-        let inbox: Arc<dyn PushInbox> = match &notifications {
-            Some((svc, _)) => Arc::new(LocalInbox(svc.clone())),
-            None => anyhow::bail!("the web service needs the notification service in the same process for PUSH delivery"),
+        let inbox: Arc<dyn PushInbox> = match (&notifications, &args.notifications_url) {
+            (Some((svc, _)), _) => Arc::new(LocalInbox(svc.clone())),
+            (None, Some(url)) => Arc::new(RemoteInbox(ServiceClient::new(url, tokens.clone(), "clairon-web")?)),
+            (None, None) => anyhow::bail!(
+                "the web service keeps undelivered pushes in the notification service: run it in this process or set CLAIRON_NOTIFICATIONS_URL"
+            ),
         };
         let pick = |local: Option<Router>,
                     url: &Option<String>,

@@ -92,3 +92,25 @@ where
         Ok(Publisher(c))
     }
 }
+
+/// Another Clairon service (SERVICE token) or an administrator: for the
+/// internal look-ups one service makes of another in a distributed run.
+pub struct ServiceCaller(pub Claims);
+
+impl<S> FromRequestParts<S> for ServiceCaller
+where
+    Arc<AuthContext>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Authenticated(c) = Authenticated::from_request_parts(parts, state).await?;
+        if !matches!(c.role, Role::Admin | Role::Service) {
+            return Err(ApiError::Forbidden(
+                "This is for Clairon services and administrators.".into(),
+            ));
+        }
+        Ok(ServiceCaller(c))
+    }
+}

@@ -7,7 +7,7 @@ use axum::{
 };
 use clairon_events::{headers, Envelope, NotificationStatus, NotificationType};
 use clairon_http::{
-    auth::{AdminOnly, Authenticated},
+    auth::{AdminOnly, Authenticated, ServiceCaller},
     paging::{self, Cursor},
     problem::Problem,
     ApiError, ApiResult,
@@ -23,8 +23,8 @@ use crate::{
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(list, get_one, mark_read, dead_letters, replay),
-    components(schemas(NotificationView, NotificationDetail, HistoryEntry, NotificationPage, DeadLetterView, DeadLetterPage, Problem)),
+    paths(list, get_one, mark_read, dead_letters, replay, push_pending, push_delivered),
+    components(schemas(PushDelivered, NotificationView, NotificationDetail, HistoryEntry, NotificationPage, DeadLetterView, DeadLetterPage, Problem)),
     tags((name = "notifications", description = "Notification service"))
 )]
 pub struct ApiDoc;
@@ -269,4 +269,50 @@ pub(crate) async fn replay(
         ));
     }
     Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct PendingQuery {
+    user_id: String,
+}
+
+/// PUSH notifications of a user that no socket has taken yet (for the web
+/// service when it runs in another process).
+#[utoipa::path(get, path = "/api/notifications/push/pending", tag = "notifications", params(PendingQuery),
+    responses((status = 200, body = [clairon_events::PushRequested]), (status = 403, body = Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn push_pending(
+    State(svc): State<Arc<Notifications>>,
+    ServiceCaller(_caller): ServiceCaller,
+    Query(q): Query<PendingQuery>,
+) -> ApiResult<Json<Vec<clairon_events::PushRequested>>> {
+    let user = parse_uuid("userId", &q.user_id)?;
+    Ok(Json(svc.pending_pushes(user, 500).await?))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PushDelivered {
+    pub notification_ids: Vec<Uuid>,
+}
+
+/// Records that PUSH notifications reached a socket of their user.
+#[utoipa::path(post, path = "/api/notifications/push/delivered", tag = "notifications", request_body = PushDelivered,
+    responses((status = 204), (status = 403, body = Problem)),
+    security(("bearer" = [])))]
+pub(crate) async fn push_delivered(
+    State(svc): State<Arc<Notifications>>,
+    ServiceCaller(_caller): ServiceCaller,
+    clairon_http::ApiJson(body): clairon_http::ApiJson<PushDelivered>,
+) -> ApiResult<StatusCode> {
+    if body.notification_ids.len() > 1000 {
+        return Err(ApiError::invalid(
+            "notificationIds",
+            "at most 1000 at a time",
+        ));
+    }
+    svc.mark_pushes_delivered(&body.notification_ids).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -106,6 +106,11 @@ impl Notifications {
                 "/api/notifications/dead-letters/{id}/replay",
                 post(api::replay),
             )
+            .route("/api/notifications/push/pending", get(api::push_pending))
+            .route(
+                "/api/notifications/push/delivered",
+                post(api::push_delivered),
+            )
             .route("/api/notifications/{id}", get(api::get_one))
             .route("/api/notifications/{id}/read", post(api::mark_read))
             .with_state(AppState {

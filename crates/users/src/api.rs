@@ -53,6 +53,7 @@ pub(crate) fn router(users: Arc<Users>) -> Router {
         .route("/api/users/me", get(me).put(update_me))
         .route("/api/users", get(list_users))
         .route("/api/users/{userId}", get(get_user))
+        .route("/api/users/{userId}/contact", get(get_contact))
         .with_state(state)
 }
 
@@ -486,6 +487,45 @@ async fn get_user(
         .ok_or_else(|| ApiError::NotFound(format!("There is no user {user_id}.")))
 }
 
+/// Where to reach a user, for the notification service when an event names no recipient.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ContactView {
+    email: String,
+    phone_number: Option<String>,
+    first_name: String,
+}
+
+#[utoipa::path(
+    get, path = "/api/users/{userId}/contact", tag = TAG,
+    security(("bearer" = [])),
+    params(("userId" = Uuid, Path, description = "The account's id")),
+    responses(
+        (status = 200, description = "Contact details (service token or administrator)", body = ContactView),
+        (status = 403, description = "Not a service token nor an administrator", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such account", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_contact(
+    State(users): State<Arc<Users>>,
+    clairon_http::auth::ServiceCaller(_caller): clairon_http::auth::ServiceCaller,
+    Path(user_id): Path<String>,
+) -> ApiResult<ApiJson<ContactView>> {
+    let user_id =
+        Uuid::parse_str(&user_id).map_err(|_| ApiError::invalid("userId", "must be a UUID"))?;
+    users
+        .contact(user_id)
+        .await?
+        .map(|c| {
+            ApiJson(ContactView {
+                email: c.email,
+                phone_number: c.phone_number,
+                first_name: c.first_name,
+            })
+        })
+        .ok_or_else(|| ApiError::NotFound(format!("There is no user {user_id}.")))
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -506,9 +546,9 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Clairon users", description = "Accounts, login and logout, profiles."),
-    paths(register, login, logout, me, update_me, list_users, get_user),
+    paths(register, login, logout, me, update_me, list_users, get_user, get_contact),
     components(schemas(
-        User, RegisterRequest, LoginRequest, LoginResponse, UpdateMeRequest, UserPage,
+        User, ContactView, RegisterRequest, LoginRequest, LoginResponse, UpdateMeRequest, UserPage,
         Problem, FieldError, Role, Timestamp
     )),
     modifiers(&BearerAuth),
