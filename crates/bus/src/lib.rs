@@ -10,6 +10,7 @@
 
 pub mod consumer;
 pub mod embedded;
+pub mod kafka;
 
 use std::time::Duration;
 
