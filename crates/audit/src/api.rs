@@ -15,12 +15,13 @@ use clairon_http::{
     problem::Problem,
     ApiError, ApiResult, FieldError,
 };
+use clairon_store::{opt_text, text};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{any::AnyRow, Row};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::{entry::UNKNOWN_TYPE, text, Audit};
+use crate::{entry::UNKNOWN_TYPE, Audit};
 
 const MINUTE_MS: i64 = 60_000;
 const DEFAULT_STATS_WINDOW_MS: i64 = 60 * MINUTE_MS;
@@ -320,7 +321,7 @@ async fn log_stats(
     for row in &rows {
         buckets.push(Bucket {
             minute: Timestamp::from_millis(row.try_get::<i64, _>("bucket")?),
-            event_type: text(row, "event_type")?.unwrap_or_default(),
+            event_type: text(row, "event_type")?,
             count: row.try_get("n")?,
         });
     }
@@ -331,7 +332,7 @@ async fn log_stats(
 
 /// A row as an item, plus its row id for the cursor.
 fn item(row: &AnyRow) -> Result<(LogItem, String), sqlx::Error> {
-    let need = |col: &str| text(row, col).map(Option::unwrap_or_default);
+    let need = |col: &str| text(row, col);
     let payload = need("payload")?;
     let headers = need("headers")?;
     let item = LogItem {
@@ -341,12 +342,12 @@ fn item(row: &AnyRow) -> Result<(LogItem, String), sqlx::Error> {
         partition: row.try_get("record_partition")?,
         offset: row.try_get("record_offset")?,
         key: need("msg_key")?,
-        user_id: text(row, "user_id")?,
+        user_id: opt_text(row, "user_id")?,
         // Stored by `record` as JSON; should a row hold anything else, show its text.
         payload: serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
         headers: serde_json::from_str(&headers).unwrap_or_default(),
         dead_letter: row.try_get::<i64, _>("dead_letter")? != 0,
-        error: text(row, "error")?,
+        error: opt_text(row, "error")?,
         occurred_at: Timestamp::from_millis(row.try_get("occurred_at")?),
         recorded_at: Timestamp::from_millis(row.try_get("recorded_at")?),
     };

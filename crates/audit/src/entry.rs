@@ -14,6 +14,8 @@ const EVENT_ID_CHARS: usize = 128;
 const TOPIC_CHARS: usize = 255;
 const USER_ID_CHARS: usize = 64;
 const ERROR_CHARS: usize = 4000;
+/// `msg_key` is a TEXT column: 64 KiB on MySQL.
+const KEY_BYTES: usize = 65_535;
 /// Payloads above this are stored as a note plus their start; MySQL's
 /// MEDIUMTEXT holds 16 MiB and JSON escaping can grow text up to sixfold.
 const MAX_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
@@ -122,7 +124,7 @@ impl Entry {
             } else {
                 None
             },
-            key: r.key.clone(),
+            key: cut_bytes(&r.key, KEY_BYTES).to_owned(),
             user_id: user_id.map(|u| cut_chars(&u, USER_ID_CHARS)),
             payload,
             headers: Value::Object(hs).to_string(),
@@ -232,6 +234,10 @@ mod tests {
             &big,
         ));
         assert_eq!(e.event_id.len(), EVENT_ID_CHARS);
+        let mut long_key = record("user-registered", &[], b"{}");
+        long_key.key = "é".repeat(KEY_BYTES);
+        let cut = Entry::from_record(&long_key).key;
+        assert!(cut.len() <= KEY_BYTES && cut.len() > KEY_BYTES - 2);
         let Value::String(s) = serde_json::from_str::<Value>(&e.payload).unwrap() else {
             panic!("a truncated payload is a JSON string")
         };

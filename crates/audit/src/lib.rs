@@ -9,7 +9,7 @@
 mod api;
 mod entry;
 
-use std::{borrow::Cow, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Consumer group and migration namespace.
 const SERVICE: &str = "audit";
+/// The audit consumer group.
+pub const CONSUMER_GROUP: &str = SERVICE;
 
 pub struct Audit {
     db: Database,
@@ -150,48 +152,32 @@ impl Handler for Consumer {
 }
 
 pub fn migrations() -> Vec<Migration> {
-    // MySQL's TEXT stops at 64 KiB, hence MEDIUMTEXT for payload and headers.
-    // `partition` and `offset` are reserved words in MySQL, hence the prefixes.
-    const TABLE: &str = "CREATE TABLE audit_events (\
-        id VARCHAR(36) NOT NULL PRIMARY KEY, \
-        event_id VARCHAR(128) NOT NULL, \
-        topic VARCHAR(255) NOT NULL, \
-        record_partition BIGINT NOT NULL, \
-        record_offset BIGINT NOT NULL, \
-        event_type VARCHAR(64) NOT NULL, \
-        dead_letter BIGINT NOT NULL, \
-        error TEXT NULL, \
-        msg_key TEXT NOT NULL, \
-        user_id VARCHAR(64) NULL, \
-        payload {big} NOT NULL, \
-        headers {big} NOT NULL, \
-        occurred_at BIGINT NOT NULL, \
-        recorded_at BIGINT NOT NULL)";
-    const INDEXES: &str = "; \
-        CREATE UNIQUE INDEX audit_events_event_topic ON audit_events (event_id, topic); \
-        CREATE INDEX audit_events_occurred ON audit_events (occurred_at, id); \
-        CREATE INDEX audit_events_type ON audit_events (event_type, occurred_at, id); \
-        CREATE INDEX audit_events_user ON audit_events (user_id, occurred_at, id)";
-    vec![Migration {
-        version: 1,
-        description: "audit events",
-        sqlite: Cow::Owned(TABLE.replace("{big}", "TEXT") + INDEXES),
-        mysql: Cow::Owned(TABLE.replace("{big}", "MEDIUMTEXT") + INDEXES),
-    }]
-}
-
-/// Reads a text column on either backend. Through `sqlx::Any`, MySQL reports
-/// TEXT columns as BLOB (sqlx 0.8), so they arrive as bytes there; SQLite and
-/// VARCHAR columns arrive as text.
-fn text(row: &sqlx::any::AnyRow, col: &str) -> Result<Option<String>, sqlx::Error> {
-    use sqlx::Row;
-    match row.try_get::<Option<String>, _>(col) {
-        Ok(v) => Ok(v),
-        Err(sqlx::Error::ColumnDecode { .. }) => Ok(row
-            .try_get::<Option<Vec<u8>>, _>(col)?
-            .map(|b| String::from_utf8_lossy(&b).into_owned())),
-        Err(e) => Err(e),
-    }
+    // MySQL's TEXT stops at 64 KiB, hence `{long_text}` (MEDIUMTEXT there) for
+    // payload and headers. `partition` and `offset` are reserved words in
+    // MySQL, hence the prefixes. Every column is as wide as `entry` allows.
+    vec![Migration::portable(
+        1,
+        "audit events",
+        "CREATE TABLE audit_events (\
+            id VARCHAR(36) NOT NULL PRIMARY KEY, \
+            event_id VARCHAR(128) NOT NULL, \
+            topic VARCHAR(255) NOT NULL, \
+            record_partition BIGINT NOT NULL, \
+            record_offset BIGINT NOT NULL, \
+            event_type VARCHAR(64) NOT NULL, \
+            dead_letter BIGINT NOT NULL, \
+            error TEXT NULL, \
+            msg_key TEXT NOT NULL, \
+            user_id VARCHAR(64) NULL, \
+            payload {long_text} NOT NULL, \
+            headers {long_text} NOT NULL, \
+            occurred_at BIGINT NOT NULL, \
+            recorded_at BIGINT NOT NULL); \
+         CREATE UNIQUE INDEX audit_events_event_topic ON audit_events (event_id, topic); \
+         CREATE INDEX audit_events_occurred ON audit_events (occurred_at, id); \
+         CREATE INDEX audit_events_type ON audit_events (event_type, occurred_at, id); \
+         CREATE INDEX audit_events_user ON audit_events (user_id, occurred_at, id)",
+    )]
 }
 
 #[cfg(test)]

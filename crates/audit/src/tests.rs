@@ -10,7 +10,11 @@ use clairon_auth::{AuthContext, Revocations, Role, Tokens};
 use clairon_bus::{consumer::RetryPolicy, embedded::EmbeddedBus, EventBus, Message, Record};
 use clairon_events::{headers, Envelope, Timestamp, UserRegistered};
 use clairon_http::ServiceDeps;
-use clairon_store::Database;
+use clairon_store::{
+    both_backends,
+    testing::{fresh_database, TestDatabase},
+    Backend,
+};
 use serde_json::{json, Value};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
@@ -29,6 +33,19 @@ impl Revocations for NothingRevoked {
     }
 }
 
+both_backends!(
+    a_record_delivered_twice_is_stored_once,
+    dead_letters_are_stored_with_their_reason,
+    payloads_that_are_not_json_are_kept_as_text,
+    filters_narrow_the_log_and_pages_cover_it_exactly_once,
+    bad_parameters_are_422_naming_the_field,
+    stats_count_per_minute_and_type,
+    only_administrators_read_the_log,
+    the_consumer_stores_what_is_published,
+    a_dead_letter_outlasts_a_brief_database_outage,
+    oversized_records_are_stored,
+);
+
 fn auth_context() -> Arc<AuthContext> {
     Arc::new(AuthContext {
         tokens: Tokens::new(&[9u8; 32], Duration::from_secs(3600)).unwrap(),
@@ -37,26 +54,26 @@ fn auth_context() -> Arc<AuthContext> {
 }
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _db: TestDatabase,
     audit: Arc<Audit>,
     app: Router,
     admin: String,
 }
 
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Database::connect(&format!("sqlite://{}/audit.db", dir.path().display()), 4)
-        .await
-        .unwrap();
+async fn fixture(backend: Backend) -> Fixture {
+    let db = fresh_database(backend).await;
     clairon_store::migrate(&db, SERVICE, &migrations())
         .await
         .unwrap();
     let auth = auth_context();
     let admin = auth.tokens.issue("admin-1", Role::Admin).unwrap().token;
-    let audit = Arc::new(Audit { db, auth });
+    let audit = Arc::new(Audit {
+        db: db.db.clone(),
+        auth,
+    });
     let app = audit.router();
     Fixture {
-        _dir: dir,
+        _db: db,
         audit,
         app,
         admin,
@@ -108,9 +125,8 @@ fn at(millis: i64) -> String {
     Timestamp::from_millis(millis).to_string()
 }
 
-#[tokio::test]
-async fn a_record_delivered_twice_is_stored_once() {
-    let f = fixture().await;
+async fn a_record_delivered_twice_is_stored_once(backend: Backend) {
+    let f = fixture(backend).await;
     let payload = json!({"userId": "u-1", "email": "a@b.c", "timestamp": "2026-01-01T10:00:00Z"});
     let r = rec(
         "user-registered",
@@ -158,9 +174,8 @@ async fn a_record_delivered_twice_is_stored_once() {
     assert!(item["recordedAt"].is_string());
 }
 
-#[tokio::test]
-async fn dead_letters_are_stored_with_their_reason() {
-    let f = fixture().await;
+async fn dead_letters_are_stored_with_their_reason(backend: Backend) {
+    let f = fixture(backend).await;
     let payload = br#"{"userId":"u-2","title":"t","timestamp":"2026-01-01T10:00:00Z"}"#;
     let hs = [
         (headers::EVENT_ID, "ev-2"),
@@ -189,9 +204,8 @@ async fn dead_letters_are_stored_with_their_reason() {
     assert_eq!(live["error"], Value::Null);
 }
 
-#[tokio::test]
-async fn payloads_that_are_not_json_are_kept_as_text() {
-    let f = fixture().await;
+async fn payloads_that_are_not_json_are_kept_as_text(backend: Backend) {
+    let f = fixture(backend).await;
     let r = rec("user-action-performed", 5, "u-3", &[], b"plain \xfftext");
     assert!(f.audit.record(&r).await.unwrap());
     assert!(!f.audit.record(&r).await.unwrap());
@@ -265,9 +279,8 @@ fn ids(items: &[Value]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn filters_narrow_the_log_and_pages_cover_it_exactly_once() {
-    let f = fixture().await;
+async fn filters_narrow_the_log_and_pages_cover_it_exactly_once(backend: Backend) {
+    let f = fixture(backend).await;
     let t0 = seed(&f.audit).await;
 
     let items = all_pages(&f.app, &f.admin, "limit=7").await;
@@ -317,9 +330,8 @@ async fn filters_narrow_the_log_and_pages_cover_it_exactly_once() {
         .is_empty());
 }
 
-#[tokio::test]
-async fn bad_parameters_are_422_naming_the_field() {
-    let f = fixture().await;
+async fn bad_parameters_are_422_naming_the_field(backend: Backend) {
+    let f = fixture(backend).await;
     let cases = [
         ("/api/logs?eventType=Bogus", "eventType"),
         ("/api/logs?from=yesterday", "from"),
@@ -364,9 +376,8 @@ async fn bad_parameters_are_422_naming_the_field() {
     assert_eq!(status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn stats_count_per_minute_and_type() {
-    let f = fixture().await;
+async fn stats_count_per_minute_and_type(backend: Backend) {
+    let f = fixture(backend).await;
     let t0 = ms("2026-01-01T10:00:00Z");
     let events = [
         ("user-registered", t0 + 10_000),
@@ -410,9 +421,8 @@ async fn stats_count_per_minute_and_type() {
     assert_eq!(body["buckets"][0]["eventType"], "UserActionPerformed");
 }
 
-#[tokio::test]
-async fn only_administrators_read_the_log() {
-    let f = fixture().await;
+async fn only_administrators_read_the_log(backend: Backend) {
+    let f = fixture(backend).await;
     let user = f.audit.auth.tokens.issue("u-9", Role::User).unwrap().token;
     let service = f
         .audit
@@ -444,31 +454,14 @@ async fn only_administrators_read_the_log() {
     );
 }
 
-#[tokio::test]
-async fn text_columns_read_as_bytes_still_decode() {
-    // MySQL hands TEXT to `sqlx::Any` as BLOB; a SQLite blob takes the same path.
-    let f = fixture().await;
-    let row = sqlx::query("SELECT CAST('héllo' AS BLOB) AS b, NULL AS n, 'x' AS t")
-        .fetch_one(&f.audit.db.pool)
-        .await
-        .unwrap();
-    assert!(sqlx::Row::try_get::<Option<String>, _>(&row, "b").is_err());
-    assert_eq!(text(&row, "b").unwrap().as_deref(), Some("héllo"));
-    assert_eq!(text(&row, "n").unwrap(), None);
-    assert_eq!(text(&row, "t").unwrap().as_deref(), Some("x"));
-}
-
-#[tokio::test]
-async fn the_consumer_stores_what_is_published() {
+async fn the_consumer_stores_what_is_published(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let bus: Arc<dyn EventBus> = Arc::new(
         EmbeddedBus::open(&dir.path().join("bus.db"), 2)
             .await
             .unwrap(),
     );
-    let db = Database::connect(&format!("sqlite://{}/audit.db", dir.path().display()), 4)
-        .await
-        .unwrap();
+    let db = fresh_database(backend).await;
     let auth = auth_context();
     let admin = auth.tokens.issue("admin-1", Role::Admin).unwrap().token;
     let deps = ServiceDeps {
@@ -482,7 +475,7 @@ async fn the_consumer_stores_what_is_published() {
             max_backoff: Duration::from_millis(100),
         },
     };
-    let audit = Audit::start(&deps, db).await.unwrap();
+    let audit = Audit::start(&deps, db.db.clone()).await.unwrap();
     let app = audit.router();
 
     let event = UserRegistered {
@@ -544,9 +537,8 @@ async fn the_consumer_stores_what_is_published() {
         .expect("the consumer stops on cancel");
 }
 
-#[tokio::test]
-async fn a_dead_letter_outlasts_a_brief_database_outage() {
-    let f = fixture().await;
+async fn a_dead_letter_outlasts_a_brief_database_outage(backend: Backend) {
+    let f = fixture(backend).await;
     let consumer = Consumer {
         audit: f.audit.clone(),
         policy: RetryPolicy {
@@ -587,4 +579,52 @@ async fn a_dead_letter_outlasts_a_brief_database_outage() {
     restore.await.unwrap();
     let (_, body) = get(&f.app, "/api/logs", Some(&f.admin)).await;
     assert_eq!(body["items"][0]["topic"], "notification-push-dlt");
+}
+
+/// Every value is cut to its column, so MySQL in strict mode stores what
+/// SQLite stores.
+async fn oversized_records_are_stored(backend: Backend) {
+    let f = fixture(backend).await;
+    let long_id = "é".repeat(300);
+    let reason = "🎉".repeat(10_000);
+    let mut r = rec(
+        "notification-triggered-dlt",
+        1,
+        &"k".repeat(70_000),
+        &[(headers::EVENT_ID, &long_id), (headers::ERROR, &reason)],
+        format!(
+            "{{\"userId\":\"{}\",\"message\":\"{}\"}}",
+            "u".repeat(100),
+            "m".repeat(1_500_000)
+        )
+        .as_bytes(),
+    );
+    assert!(f.audit.record(&r).await.unwrap());
+    // Not JSON: stored as a JSON string, escaped, up to the payload limit.
+    r.offset = 2;
+    r.headers[0].1 = "ev-binary".into();
+    r.payload = vec![1u8; 2 * 1024 * 1024];
+    assert!(f.audit.record(&r).await.unwrap());
+    r.payload = vec![1u8; 2 * 1024 * 1024 + 1];
+    r.headers[0].1 = "ev-binary-2".into();
+    assert!(f.audit.record(&r).await.unwrap());
+
+    let (status, body) = get(&f.app, "/api/logs?limit=10", Some(&f.admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    let first = items
+        .iter()
+        .find(|i| i["eventId"].as_str().unwrap().starts_with('é'))
+        .unwrap();
+    assert_eq!(first["eventId"].as_str().unwrap().chars().count(), 128);
+    assert_eq!(first["userId"].as_str().unwrap().len(), 64);
+    assert_eq!(first["key"].as_str().unwrap().len(), 65_535);
+    assert_eq!(first["error"].as_str().unwrap().chars().count(), 4000);
+    assert_eq!(
+        first["payload"]["message"].as_str().unwrap().len(),
+        1_500_000
+    );
+    let binary = items.iter().find(|i| i["eventId"] == "ev-binary").unwrap();
+    assert_eq!(binary["payload"].as_str().unwrap().len(), 2 * 1024 * 1024);
 }

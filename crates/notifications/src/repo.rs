@@ -1,16 +1,37 @@
 //! The service's tables (all `notif_`-prefixed) and the queries on them,
 //! written once for SQLite and MySQL.
+//!
+//! Text is read with [`text`]/[`opt_text`] (MySQL hands TEXT over as bytes),
+//! and values that come from the bus are cut to their column before they are
+//! written, since MySQL refuses longer ones and a record must always be stored.
 
 use clairon_events::{
     Envelope, NotificationStatus, NotificationStatusChanged, NotificationType, PushRequested,
     Timestamp,
 };
-use clairon_store::{is_unique_violation, now_ms, outbox::Outbox, Database, Migration};
+use clairon_store::{
+    is_unique_violation, now_ms, opt_text, outbox::Outbox, text, Database, Migration,
+};
 use serde::Serialize;
 use sqlx::{any::AnyRow, AnyConnection, Row};
 use uuid::Uuid;
 
 pub const OUTBOX: &str = "notif_outbox";
+
+// Column widths, in characters.
+const TITLE_CHARS: usize = 255;
+const RECIPIENT_CHARS: usize = 320;
+const TOPIC_CHARS: usize = 255;
+/// Errors and reasons are TEXT: 64 KiB on MySQL, 4 bytes per character at most.
+const REASON_CHARS: usize = 4_000;
+
+/// `s` cut to at most `max` characters.
+fn fit(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
 
 pub fn migrations() -> Vec<Migration> {
     vec![
@@ -20,7 +41,7 @@ pub fn migrations() -> Vec<Migration> {
             "notifications and history",
             "CREATE TABLE notif_notifications (\
                 notification_id VARCHAR(36) NOT NULL PRIMARY KEY, user_id VARCHAR(36) NOT NULL, \
-                kind VARCHAR(8) NOT NULL, title VARCHAR(255) NOT NULL, message TEXT NOT NULL, \
+                kind VARCHAR(8) NOT NULL, title VARCHAR(255) NOT NULL, message {long_text} NOT NULL, \
                 recipient VARCHAR(320) NULL, status VARCHAR(16) NOT NULL, attempts BIGINT NOT NULL, \
                 last_error TEXT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
                 read_at BIGINT NULL, delivered_at BIGINT NULL);\
@@ -37,8 +58,8 @@ pub fn migrations() -> Vec<Migration> {
             "dead letters",
             "CREATE TABLE notif_dead_letters (\
                 id VARCHAR(36) NOT NULL PRIMARY KEY, topic VARCHAR(255) NOT NULL, \
-                record_partition BIGINT NOT NULL, record_offset BIGINT NOT NULL, msg_key VARCHAR(255) NOT NULL, \
-                headers TEXT NOT NULL, payload TEXT NOT NULL, reason TEXT NOT NULL, attempts BIGINT NOT NULL, \
+                record_partition BIGINT NOT NULL, record_offset BIGINT NOT NULL, msg_key TEXT NOT NULL, \
+                headers {long_text} NOT NULL, payload {long_text} NOT NULL, reason TEXT NOT NULL, attempts BIGINT NOT NULL, \
                 notification_id VARCHAR(36) NULL, created_at BIGINT NOT NULL, replayed_at BIGINT NULL);\
              CREATE INDEX notif_dead_letters_created ON notif_dead_letters (created_at)",
         ),
@@ -77,15 +98,15 @@ const COLUMNS: &str =
 fn view(row: &AnyRow) -> sqlx::Result<NotificationView> {
     let created: i64 = row.try_get("created_at")?;
     Ok(NotificationView {
-        notification_id: row.try_get("notification_id")?,
-        user_id: row.try_get("user_id")?,
-        kind: row.try_get("kind")?,
-        title: row.try_get("title")?,
-        message: row.try_get("message")?,
-        recipient: row.try_get("recipient")?,
-        status: row.try_get("status")?,
+        notification_id: text(row, "notification_id")?,
+        user_id: text(row, "user_id")?,
+        kind: text(row, "kind")?,
+        title: text(row, "title")?,
+        message: text(row, "message")?,
+        recipient: opt_text(row, "recipient")?,
+        status: text(row, "status")?,
         attempts: row.try_get("attempts")?,
-        last_error: row.try_get("last_error")?,
+        last_error: opt_text(row, "last_error")?,
         created_at: ts(created),
         updated_at: ts(row.try_get("updated_at")?),
         read_at: row.try_get::<Option<i64>, _>("read_at")?.map(ts),
@@ -124,7 +145,7 @@ async fn history(
         .bind(id.to_string())
         .bind(status.as_str())
         .bind(i64::from(attempt))
-        .bind(reason)
+        .bind(reason.map(|r| fit(r, REASON_CHARS)))
         .bind(now_ms())
         .execute(conn)
         .await?;
@@ -143,9 +164,9 @@ pub async fn insert_pending(db: &Database, n: &NewNotification) -> anyhow::Resul
     .bind(n.notification_id.to_string())
     .bind(n.user_id.to_string())
     .bind(n.kind.as_str())
-    .bind(&n.title)
+    .bind(fit(&n.title, TITLE_CHARS))
     .bind(&n.message)
-    .bind(n.recipient.as_deref())
+    .bind(n.recipient.as_deref().map(|r| fit(r, RECIPIENT_CHARS)))
     .bind(n.created_at.millis())
     .bind(now)
     .execute(&mut *tx)
@@ -171,10 +192,10 @@ pub async fn insert_pending(db: &Database, n: &NewNotification) -> anyhow::Resul
             .bind(n.notification_id.to_string())
             .fetch_one(&db.pool)
             .await?;
-            let status: String = row.try_get(0)?;
+            let status = text(&row, 0)?;
             let status = NotificationStatus::parse(&status)
                 .ok_or_else(|| anyhow::anyhow!("unknown stored status {status}"))?;
-            Ok(Inserted::Existing(status, row.try_get(1)?))
+            Ok(Inserted::Existing(status, opt_text(&row, 1)?))
         }
         Err(e) => Err(e.into()),
     }
@@ -191,6 +212,7 @@ pub async fn record_outcome(
     recipient: Option<&str>,
     reason: Option<&str>,
 ) -> anyhow::Result<()> {
+    let reason = reason.map(|r| fit(r, REASON_CHARS));
     let mut tx = db.pool.begin().await?;
     sqlx::query(
         "UPDATE notif_notifications SET status = ?, attempts = ?, last_error = ?, updated_at = ?, \
@@ -200,7 +222,7 @@ pub async fn record_outcome(
     .bind(i64::from(attempt))
     .bind(reason)
     .bind(now_ms())
-    .bind(recipient)
+    .bind(recipient.map(|r| fit(r, RECIPIENT_CHARS)))
     .bind(n.notification_id.to_string())
     .execute(&mut *tx)
     .await?;
@@ -242,19 +264,20 @@ pub async fn dead_letter(
     dl: DeadLetter<'_>,
     notification: Option<&NewNotification>,
 ) -> anyhow::Result<()> {
+    let reason = fit(dl.reason, REASON_CHARS);
     let mut tx = db.pool.begin().await?;
     sqlx::query(
         "INSERT INTO notif_dead_letters (id, topic, record_partition, record_offset, msg_key, headers, payload, reason, attempts, notification_id, created_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(Uuid::now_v7().to_string())
-    .bind(dl.topic)
+    .bind(fit(dl.topic, TOPIC_CHARS))
     .bind(i64::from(dl.partition))
     .bind(dl.offset as i64)
     .bind(dl.key)
     .bind(&dl.headers)
     .bind(&dl.payload)
-    .bind(dl.reason)
+    .bind(reason)
     .bind(i64::from(dl.attempts))
     .bind(notification.map(|n| n.notification_id.to_string()))
     .bind(now_ms())
@@ -262,7 +285,7 @@ pub async fn dead_letter(
     .await?;
     if let Some(n) = notification {
         let known = sqlx::query("UPDATE notif_notifications SET status = 'DEAD', last_error = ?, attempts = ?, updated_at = ? WHERE notification_id = ?")
-            .bind(dl.reason)
+            .bind(reason)
             .bind(i64::from(dl.attempts))
             .bind(now_ms())
             .bind(n.notification_id.to_string())
@@ -276,7 +299,7 @@ pub async fn dead_letter(
                 n.notification_id,
                 NotificationStatus::Dead,
                 dl.attempts,
-                Some(dl.reason),
+                Some(reason),
             )
             .await?;
         }
@@ -286,7 +309,7 @@ pub async fn dead_letter(
             kind: n.kind,
             status: NotificationStatus::Dead,
             attempt: dl.attempts,
-            reason: Some(dl.reason.to_owned()),
+            reason: Some(reason.to_owned()),
             triggered_at: Some(n.created_at),
             timestamp: Timestamp::now(),
         };
@@ -325,9 +348,9 @@ pub async fn history_of(db: &Database, id: &str) -> anyhow::Result<Vec<HistoryEn
     rows.iter()
         .map(|r| {
             Ok(HistoryEntry {
-                status: r.try_get(0)?,
+                status: text(r, 0)?,
                 attempt: r.try_get(1)?,
-                reason: r.try_get(2)?,
+                reason: opt_text(r, 2)?,
                 at: ts(r.try_get(3)?),
             })
         })
@@ -407,10 +430,10 @@ pub async fn pending_pushes(
     rows.iter()
         .map(|r| {
             Ok(PushRequested {
-                notification_id: Uuid::parse_str(&r.try_get::<String, _>(0)?)?,
+                notification_id: Uuid::parse_str(&text(r, 0)?)?,
                 user_id: user,
-                title: r.try_get(1)?,
-                message: r.try_get(2)?,
+                title: text(r, 1)?,
+                message: text(r, 2)?,
                 created_at: Timestamp::from_millis(r.try_get(3)?),
             })
         })
@@ -458,18 +481,18 @@ pub struct DeadLetterView {
 const DL_COLUMNS: &str = "id, topic, record_partition, record_offset, msg_key, headers, payload, reason, attempts, notification_id, created_at, replayed_at";
 
 fn dl_view(r: &AnyRow) -> anyhow::Result<DeadLetterView> {
-    let payload: String = r.try_get("payload")?;
-    let headers: String = r.try_get("headers")?;
+    let payload = text(r, "payload")?;
+    let headers = text(r, "headers")?;
     let created: i64 = r.try_get("created_at")?;
     let headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap_or_default();
     Ok(DeadLetterView {
-        id: r.try_get("id")?,
-        topic: r.try_get("topic")?,
+        id: text(r, "id")?,
+        topic: text(r, "topic")?,
         partition: r.try_get("record_partition")?,
         offset: r.try_get("record_offset")?,
-        key: r.try_get("msg_key")?,
-        notification_id: r.try_get("notification_id")?,
-        reason: r.try_get("reason")?,
+        key: text(r, "msg_key")?,
+        notification_id: opt_text(r, "notification_id")?,
+        reason: text(r, "reason")?,
         attempts: r.try_get("attempts")?,
         payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
         headers: serde_json::Value::Object(
@@ -530,13 +553,13 @@ pub async fn dead_letter_by_id(
         .fetch_optional(&db.pool)
         .await?;
     let Some(r) = row else { return Ok(None) };
-    let headers: String = r.try_get(2)?;
+    let headers = text(&r, 2)?;
     Ok(Some(StoredDeadLetter {
-        topic: r.try_get(0)?,
-        key: r.try_get(1)?,
+        topic: text(&r, 0)?,
+        key: text(&r, 1)?,
         headers: serde_json::from_str(&headers).unwrap_or_default(),
-        payload: r.try_get(3)?,
-        notification_id: r.try_get(4)?,
+        payload: text(&r, 3)?,
+        notification_id: opt_text(&r, 4)?,
         replayed: r.try_get::<Option<i64>, _>(5)?.is_some(),
     }))
 }

@@ -17,13 +17,26 @@ use clairon_events::{
     Envelope, NotificationTriggered, NotificationType, Timestamp, UserRegistered,
 };
 use clairon_http::ServiceDeps;
-use clairon_store::Database;
+use clairon_store::{
+    both_backends,
+    testing::{fresh_database, TestDatabase},
+    Backend,
+};
 use uuid::Uuid;
 
 use crate::{
     channels::{Capture, Channel, ChannelError, Channels, Delivery, Outgoing},
     repo, Contact, Notifications, UserDirectory,
 };
+
+both_backends!(
+    a_redelivered_event_sends_once,
+    a_failed_send_is_retried_then_dead_lettered_with_history,
+    welcome_email_is_captured_without_smtp_and_idempotent_per_user,
+    an_unparseable_record_is_rejected_and_kept_as_a_dead_letter,
+    oversized_values_from_the_bus_are_stored,
+    every_query_runs_on_both_backends,
+);
 
 struct NoRevocations;
 
@@ -67,13 +80,36 @@ impl UserDirectory for Directory {
     }
 }
 
+/// Fails every send with a very long provider answer.
+struct Verbose;
+
+#[async_trait]
+impl Channel for Verbose {
+    async fn send(&self, _: &Outgoing) -> Result<Delivery, ChannelError> {
+        Err(ChannelError::Transient("🎉".repeat(20_000)))
+    }
+}
+
+/// Keeps the database and the bus folder for the test's duration.
+struct Guard {
+    _db: TestDatabase,
+    _dir: tempfile::TempDir,
+}
+
 async fn service(
+    backend: Backend,
     sms_fail_first: usize,
-) -> (tempfile::TempDir, Arc<Notifications>, Arc<AtomicUsize>) {
+) -> (Guard, Arc<Notifications>, Arc<AtomicUsize>) {
+    service_with(backend, sms_fail_first, Box::new(Capture)).await
+}
+
+async fn service_with(
+    backend: Backend,
+    sms_fail_first: usize,
+    push: Box<dyn Channel>,
+) -> (Guard, Arc<Notifications>, Arc<AtomicUsize>) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Database::connect(&format!("sqlite://{}/n.db", dir.path().display()), 4)
-        .await
-        .unwrap();
+    let db = fresh_database(backend).await;
     let bus: Arc<dyn EventBus> = Arc::new(
         EmbeddedBus::open(&dir.path().join("bus.db"), 2)
             .await
@@ -98,12 +134,12 @@ async fn service(
             sent: sent.clone(),
             fail_first: sms_fail_first,
         }),
-        push: Box::new(Capture),
+        push,
     };
-    let svc = Notifications::start(&deps, db, channels, Arc::new(Directory))
+    let svc = Notifications::start(&deps, db.db.clone(), channels, Arc::new(Directory))
         .await
         .unwrap();
-    (dir, svc, sent)
+    (Guard { _db: db, _dir: dir }, svc, sent)
 }
 
 fn record(env: &Envelope, attempt: u32) -> Record {
@@ -136,9 +172,8 @@ fn sms() -> NotificationTriggered {
     }
 }
 
-#[tokio::test]
-async fn a_redelivered_event_sends_once() {
-    let (_d, svc, sent) = service(0).await;
+async fn a_redelivered_event_sends_once(backend: Backend) {
+    let (_d, svc, sent) = service(backend, 0).await;
     let ev = sms();
     let env = Envelope::new(&ev, None);
     svc.handle(&record(&env, 1)).await.unwrap();
@@ -155,9 +190,8 @@ async fn a_redelivered_event_sends_once() {
     assert_eq!(n.status, "SENT");
 }
 
-#[tokio::test]
-async fn a_failed_send_is_retried_then_dead_lettered_with_history() {
-    let (_d, svc, sent) = service(usize::MAX).await;
+async fn a_failed_send_is_retried_then_dead_lettered_with_history(backend: Backend) {
+    let (_d, svc, sent) = service(backend, usize::MAX).await;
     let ev = sms();
     let env = Envelope::new(&ev, None);
     assert!(matches!(
@@ -198,9 +232,8 @@ async fn a_failed_send_is_retried_then_dead_lettered_with_history() {
     );
 }
 
-#[tokio::test]
-async fn welcome_email_is_captured_without_smtp_and_idempotent_per_user() {
-    let (_d, svc, _) = service(0).await;
+async fn welcome_email_is_captured_without_smtp_and_idempotent_per_user(backend: Backend) {
+    let (_d, svc, _) = service(backend, 0).await;
     let ev = UserRegistered {
         user_id: Uuid::new_v4(),
         email: "new@example.com".into(),
@@ -221,9 +254,8 @@ async fn welcome_email_is_captured_without_smtp_and_idempotent_per_user() {
     assert_eq!(all.len(), 1);
 }
 
-#[tokio::test]
-async fn an_unparseable_record_is_rejected_and_kept_as_a_dead_letter() {
-    let (_d, svc, _) = service(0).await;
+async fn an_unparseable_record_is_rejected_and_kept_as_a_dead_letter(backend: Backend) {
+    let (_d, svc, _) = service(backend, 0).await;
     let mut env = Envelope::new(&sms(), None);
     env.payload = b"{not json".to_vec();
     let r = record(&env, 1);
@@ -233,4 +265,192 @@ async fn an_unparseable_record_is_rejected_and_kept_as_a_dead_letter() {
     assert_eq!(dl.len(), 1);
     assert_eq!(dl[0].payload, serde_json::Value::String("{not json".into()));
     assert!(dl[0].notification_id.is_none());
+}
+
+/// Events come from any producer: what does not fit a column is cut, and
+/// long texts fit, so MySQL in strict mode stores what SQLite stores.
+async fn oversized_values_from_the_bus_are_stored(backend: Backend) {
+    let (_g, svc, _) = service_with(backend, 0, Box::new(Verbose)).await;
+    let ev = NotificationTriggered {
+        kind: NotificationType::Push,
+        title: "é".repeat(300),
+        message: "🎉".repeat(30_000),
+        recipient: Some("r".repeat(400)),
+        ..sms()
+    };
+    let mut env = Envelope::new(&ev, None);
+    env.key = "k".repeat(300);
+    assert!(matches!(
+        svc.handle(&record(&env, 1)).await,
+        Err(HandleError::Retry(_))
+    ));
+    let id = ev.notification_id.to_string();
+    let n = repo::get(&svc.db, &id).await.unwrap().unwrap();
+    assert_eq!(n.status, "FAILED");
+    assert_eq!(n.title.chars().count(), 255);
+    assert_eq!(n.message, ev.message);
+    assert_eq!(n.recipient.unwrap().len(), 320);
+    assert_eq!(n.last_error.unwrap().chars().count(), 4_000);
+
+    svc.dead_lettered(&record(&env, 2), &"reason ".repeat(2_000))
+        .await
+        .unwrap();
+    let n = repo::get(&svc.db, &id).await.unwrap().unwrap();
+    assert_eq!((n.status.as_str(), n.attempts), ("DEAD", 2));
+    // A record that is not a notification at all, with a large payload.
+    let mut junk = record(&env, 2);
+    junk.payload = format!("{{\"blob\":\"{}\"}}", "x".repeat(200_000)).into_bytes();
+    svc.dead_lettered(&junk, "invalid payload").await.unwrap();
+    let dls = repo::dead_letters(&svc.db, None, 10).await.unwrap();
+    assert_eq!(dls.len(), 2);
+    assert!(dls.iter().all(|d| d.key == env.key));
+    let dl = dls.iter().find(|d| d.notification_id.is_some()).unwrap();
+    assert_eq!(dl.reason.chars().count(), 4_000);
+    let junk = dls.iter().find(|d| d.notification_id.is_none()).unwrap();
+    assert_eq!(junk.payload["blob"].as_str().unwrap().len(), 200_000);
+    let statuses: Vec<String> = repo::history_of(&svc.db, &id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.status)
+        .collect();
+    assert_eq!(statuses, ["PENDING", "FAILED", "DEAD"]);
+}
+
+/// Every repository query, run against the backend.
+async fn every_query_runs_on_both_backends(backend: Backend) {
+    let (_g, svc, _) = service(backend, 0).await;
+    let user = Uuid::new_v4();
+    let t0 = Timestamp::now().millis() - 10_000;
+    let mut ids = Vec::new();
+    for i in 0..5i64 {
+        let kind = if i % 2 == 0 {
+            NotificationType::Push
+        } else {
+            NotificationType::Sms
+        };
+        let ev = NotificationTriggered {
+            user_id: user,
+            kind,
+            title: format!("n{i}"),
+            // Two share a creation time: paging must still see each once.
+            timestamp: Timestamp::from_millis(t0 + i.min(3) * 1_000),
+            ..sms()
+        };
+        svc.handle(&record(&Envelope::new(&ev, None), 1))
+            .await
+            .unwrap();
+        ids.push(ev.notification_id);
+    }
+
+    // Newest first, keyset-paged on (created_at, id), with filters.
+    let mut filter = repo::ListFilter {
+        user_id: Some(user.to_string()),
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = repo::list(&svc.db, &filter, 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        let last = page.last().unwrap();
+        filter.after = Some((last.created_ms, last.notification_id.clone()));
+        seen.extend(page.into_iter().map(|n| (n.created_ms, n.notification_id)));
+    }
+    assert_eq!(seen.len(), 5);
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, sorted);
+    let pushes = repo::list(
+        &svc.db,
+        &repo::ListFilter {
+            kind: Some(NotificationType::Push),
+            status: Some(clairon_events::NotificationStatus::Captured),
+            ..Default::default()
+        },
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pushes.len(), 3);
+
+    // Read marks.
+    let first = ids[0].to_string();
+    repo::mark_read(&svc.db, &first).await.unwrap();
+    let read_at = repo::get(&svc.db, &first).await.unwrap().unwrap().read_at;
+    assert!(read_at.is_some());
+    repo::mark_read(&svc.db, &first).await.unwrap();
+    assert_eq!(
+        repo::get(&svc.db, &first).await.unwrap().unwrap().read_at,
+        read_at
+    );
+    assert!(repo::get(&svc.db, "nope").await.unwrap().is_none());
+
+    // Pending pushes are the SENT ones not yet delivered, oldest first.
+    sqlx::query("UPDATE notif_notifications SET status = 'SENT' WHERE kind = 'PUSH'")
+        .execute(&svc.db.pool)
+        .await
+        .unwrap();
+    let pending = svc.pending_pushes(user, 10).await.unwrap();
+    let pending_ids: Vec<Uuid> = pending.iter().map(|p| p.notification_id).collect();
+    assert_eq!(pending_ids, [ids[0], ids[2], ids[4]]);
+    assert_eq!(pending[1].title, "n2");
+    svc.mark_pushes_delivered(&pending_ids[..2]).await.unwrap();
+    svc.mark_pushes_delivered(&[]).await.unwrap();
+    let pending = svc.pending_pushes(user, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].notification_id, ids[4]);
+
+    // Dead letters: paged, read back, replayed once.
+    for i in 0..3 {
+        let env = Envelope::new(&sms(), None);
+        svc.handle(&record(&env, 1)).await.unwrap();
+        let mut r = record(&env, 3);
+        r.offset = i;
+        svc.dead_lettered(&r, "gone").await.unwrap();
+    }
+    let all = repo::dead_letters(&svc.db, None, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let first_page = repo::dead_letters(&svc.db, None, 2).await.unwrap();
+    let last = first_page.last().unwrap();
+    let rest = repo::dead_letters(&svc.db, Some((last.created_ms, last.id.clone())), 2)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert!(first_page.iter().all(|d| d.id != rest[0].id));
+    let stored = repo::dead_letter_by_id(&svc.db, &rest[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!stored.replayed && stored.notification_id.is_some());
+    assert_eq!(stored.topic, "notification-triggered");
+    let env = Envelope {
+        topic: stored.topic.clone(),
+        key: stored.key.clone(),
+        headers: stored.headers.clone(),
+        payload: stored.payload.clone().into_bytes(),
+    };
+    assert!(
+        repo::replay(&svc.db, &svc.outbox, &rest[0].id, &stored, &env)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !repo::replay(&svc.db, &svc.outbox, &rest[0].id, &stored, &env)
+            .await
+            .unwrap()
+    );
+    let again = repo::dead_letter_by_id(&svc.db, &rest[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again.replayed);
+    let nid = stored.notification_id.unwrap();
+    let n = repo::get(&svc.db, &nid).await.unwrap().unwrap();
+    assert_eq!(n.status, "PENDING");
+    assert!(repo::dead_letter_by_id(&svc.db, "nope")
+        .await
+        .unwrap()
+        .is_none());
 }

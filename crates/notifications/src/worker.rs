@@ -147,6 +147,12 @@ impl Notifications {
         )
         .await
         .map_err(retry)?;
+        if status == NotificationStatus::Sent {
+            // Trigger → provider acceptance, the latency users feel.
+            let secs = (clairon_store::now_ms() - n.created_at.millis()).max(0) as f64 / 1000.0;
+            metrics::histogram!("clairon_delivery_latency_seconds", "type" => n.kind.as_str())
+                .record(secs);
+        }
         match err {
             None => Ok(()),
             Some(e) => {

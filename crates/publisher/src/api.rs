@@ -7,7 +7,7 @@ use clairon_events::{
 use clairon_http::{
     auth::Publisher as PublisherAuth, problem::Problem, ApiError, ApiJson, ApiResult, FieldError,
 };
-use clairon_store::{is_unique_violation, now_ms};
+use clairon_store::{is_unique_violation, now_ms, text};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -22,6 +22,8 @@ const MAX_MESSAGE: usize = 10_000;
 const MAX_RECIPIENT: usize = 320;
 const MAX_DETAILS: usize = 2_000;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Width of `publisher_idempotency.principal`.
+const MAX_PRINCIPAL: usize = 255;
 
 /// A notification to send. `notificationId` and `timestamp` are set by the
 /// server when absent; `recipient` is looked up from the user's profile when absent.
@@ -256,6 +258,7 @@ impl Publisher {
         answer: Value,
     ) -> ApiResult<(StatusCode, Json<Value>)> {
         let key = idempotency_key(headers)?;
+        let principal = &principal_key(principal);
         let mut tx = self.db.pool.begin().await?;
         if let Some(key) = &key {
             let inserted = sqlx::query(
@@ -291,14 +294,17 @@ impl Publisher {
         key: &str,
         hash: &str,
     ) -> ApiResult<(StatusCode, Json<Value>)> {
-        let row: Option<(String, String)> = sqlx::query_as(
+        let row = sqlx::query(
             "SELECT request_hash, response FROM publisher_idempotency WHERE principal = ? AND idem_key = ?",
         )
         .bind(principal)
         .bind(key)
         .fetch_optional(&self.db.pool)
         .await?;
-        let Some((stored_hash, response)) = row else {
+        let Some((stored_hash, response)) = row
+            .map(|r| Ok::<_, sqlx::Error>((text(&r, 0)?, text(&r, 1)?)))
+            .transpose()?
+        else {
             return Err(ApiError::Conflict(
                 "A request with this Idempotency-Key is in progress; retry.".into(),
             ));
@@ -331,6 +337,19 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
         ));
     }
     Ok(Some(v.to_owned()))
+}
+
+/// The caller as stored with its keys: the token subject, or its digest when
+/// too long for the column.
+fn principal_key(sub: &str) -> String {
+    if sub.chars().count() <= MAX_PRINCIPAL {
+        return sub.to_owned();
+    }
+    let digest: String = Sha256::digest(sub.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{digest}")
 }
 
 /// Fingerprint of what was asked, so a key reused for a different request is caught.

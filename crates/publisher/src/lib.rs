@@ -37,8 +37,10 @@ pub fn migrations() -> Vec<Migration> {
         Migration::portable(
             2,
             "idempotency keys",
+            // Key: 2 × 255 utf8mb4 characters = 2,040 bytes, under InnoDB's 3,072.
+            // `response` is at most a batch's 500 ids (~20 KB), within TEXT.
             "CREATE TABLE publisher_idempotency (\
-             principal VARCHAR(64) NOT NULL, idem_key VARCHAR(255) NOT NULL, request_hash VARCHAR(64) NOT NULL, \
+             principal VARCHAR(255) NOT NULL, idem_key VARCHAR(255) NOT NULL, request_hash VARCHAR(64) NOT NULL, \
              response TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (principal, idem_key));\
              CREATE INDEX publisher_idempotency_created ON publisher_idempotency (created_at)",
         ),

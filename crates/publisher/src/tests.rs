@@ -9,11 +9,26 @@ use clairon_auth::{AuthContext, Revocations, Role, Tokens};
 use clairon_bus::{embedded::EmbeddedBus, EventBus};
 use clairon_events::headers;
 use clairon_http::ServiceDeps;
-use clairon_store::Database;
+use clairon_store::{
+    both_backends,
+    testing::{fresh_database, TestDatabase},
+    Backend,
+};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::*;
+
+both_backends!(
+    only_admins_and_services_may_publish,
+    accepted_notifications_reach_the_bus_in_the_specified_shape,
+    idempotency_key_returns_the_first_answer_and_publishes_once,
+    invalid_input_names_the_field,
+    batches_and_user_actions_are_published,
+    concurrent_repeats_of_a_key_publish_once,
+    values_at_their_limits_are_stored,
+    long_principals_still_get_idempotency,
+);
 
 struct NoRevocations;
 
@@ -29,17 +44,16 @@ impl Revocations for NoRevocations {
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    _db: TestDatabase,
     svc: Arc<Publisher>,
     router: Router,
     bus: Arc<dyn EventBus>,
     auth: Arc<AuthContext>,
 }
 
-async fn fixture() -> Fixture {
+async fn fixture(backend: Backend) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let db = Database::connect(&format!("sqlite://{}/p.db", dir.path().display()), 4)
-        .await
-        .unwrap();
+    let db = fresh_database(backend).await;
     let bus: Arc<dyn EventBus> = Arc::new(
         EmbeddedBus::open(&dir.path().join("bus.db"), 2)
             .await
@@ -56,8 +70,9 @@ async fn fixture() -> Fixture {
         tasks: tokio_util::task::TaskTracker::new(),
         retry: Default::default(),
     };
-    let svc = Publisher::start(&deps, db).await.unwrap();
+    let svc = Publisher::start(&deps, db.db.clone()).await.unwrap();
     Fixture {
+        _db: db,
         router: svc.router(),
         svc,
         bus,
@@ -119,9 +134,8 @@ fn sample() -> Value {
     json!({"userId": uuid::Uuid::new_v4(), "type": "EMAIL", "title": "Hello", "message": "World", "recipient": "a@b.c"})
 }
 
-#[tokio::test]
-async fn only_admins_and_services_may_publish() {
-    let f = fixture().await;
+async fn only_admins_and_services_may_publish(backend: Backend) {
+    let f = fixture(backend).await;
     let (s, body) = f
         .post("/api/events/notifications", None, None, sample())
         .await;
@@ -139,9 +153,8 @@ async fn only_admins_and_services_may_publish() {
     assert!(f.published("notification-triggered").await.len() == 1);
 }
 
-#[tokio::test]
-async fn accepted_notifications_reach_the_bus_in_the_specified_shape() {
-    let f = fixture().await;
+async fn accepted_notifications_reach_the_bus_in_the_specified_shape(backend: Backend) {
+    let f = fixture(backend).await;
     let admin = f.token(Role::Admin);
     let mut body = sample();
     body["timestamp"] = json!("2024-01-01T10:00:00");
@@ -172,9 +185,8 @@ async fn accepted_notifications_reach_the_bus_in_the_specified_shape() {
         .starts_with("00-"));
 }
 
-#[tokio::test]
-async fn idempotency_key_returns_the_first_answer_and_publishes_once() {
-    let f = fixture().await;
+async fn idempotency_key_returns_the_first_answer_and_publishes_once(backend: Backend) {
+    let f = fixture(backend).await;
     let admin = f.token(Role::Admin);
     let body = sample();
     let (s1, a1) = f
@@ -209,9 +221,8 @@ async fn idempotency_key_returns_the_first_answer_and_publishes_once() {
     assert_eq!(problem["errors"][0]["field"], "Idempotency-Key");
 }
 
-#[tokio::test]
-async fn invalid_input_names_the_field() {
-    let f = fixture().await;
+async fn invalid_input_names_the_field(backend: Backend) {
+    let f = fixture(backend).await;
     let admin = f.token(Role::Admin);
     let (s, p) = f
         .post(
@@ -248,9 +259,8 @@ async fn invalid_input_names_the_field() {
     assert!(f.published("notification-triggered").await.is_empty());
 }
 
-#[tokio::test]
-async fn batches_and_user_actions_are_published() {
-    let f = fixture().await;
+async fn batches_and_user_actions_are_published(backend: Backend) {
+    let f = fixture(backend).await;
     let admin = f.token(Role::Admin);
     let (s, a) = f
         .post(
@@ -276,4 +286,119 @@ async fn batches_and_user_actions_are_published() {
     let recs = f.published("user-action-performed").await;
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].header(headers::EVENT_ID), a["eventId"].as_str());
+}
+
+async fn concurrent_repeats_of_a_key_publish_once(backend: Backend) {
+    let f = fixture(backend).await;
+    let admin = f.token(Role::Admin);
+    let body = sample();
+    let call = || {
+        f.post(
+            "/api/events/notifications",
+            Some(&admin),
+            Some("same-key"),
+            body.clone(),
+        )
+    };
+    let (a, b, c) = tokio::join!(call(), call(), call());
+    let answers = [a, b, c];
+    for (status, answer) in &answers {
+        // A repeat racing the first either waits for it (MySQL row lock) and
+        // replays its answer, or is told to retry while it is in flight.
+        assert!(
+            *status == StatusCode::ACCEPTED || *status == StatusCode::CONFLICT,
+            "{status}: {answer}"
+        );
+    }
+    let accepted: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .map(|(_, a)| a)
+        .collect();
+    assert!(!accepted.is_empty());
+    assert!(accepted.iter().all(|a| *a == accepted[0]));
+    assert_eq!(f.published("notification-triggered").await.len(), 1);
+
+    // Keys belong to their caller and are compared exactly (case included).
+    let other = f.auth.tokens.issue("another", Role::Service).unwrap().token;
+    for (token, key) in [(&other, "same-key"), (&admin, "SAME-KEY")] {
+        let (s, a) = f
+            .post(
+                "/api/events/notifications",
+                Some(token),
+                Some(key),
+                sample(),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{key}: {a}");
+    }
+}
+
+/// The longest values validation lets through fit their columns, in
+/// four-byte characters too.
+async fn values_at_their_limits_are_stored(backend: Backend) {
+    let f = fixture(backend).await;
+    let admin = f.token(Role::Admin);
+    let mut body = sample();
+    body["title"] = json!("🎉".repeat(200));
+    body["message"] = json!("🎉".repeat(10_000));
+    body["recipient"] = json!("r".repeat(320));
+    let key = "k".repeat(255);
+    let (s, a) = f
+        .post(
+            "/api/events/notifications",
+            Some(&admin),
+            Some(&key),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{a}");
+    let (s, again) = f
+        .post("/api/events/notifications", Some(&admin), Some(&key), body)
+        .await;
+    assert_eq!((s, &again), (StatusCode::ACCEPTED, &a));
+    let recs = f.published("notification-triggered").await;
+    assert_eq!(recs.len(), 1);
+    let payload: Value = serde_json::from_slice(&recs[0].payload).unwrap();
+    assert_eq!(payload["message"].as_str().unwrap().chars().count(), 10_000);
+
+    // The largest batch: its stored answer holds 500 ids.
+    let batch: Vec<Value> = (0..500).map(|_| sample()).collect();
+    let call = |k: &'static str| {
+        f.post(
+            "/api/events/notifications/batch",
+            Some(&admin),
+            Some(k),
+            json!({ "notifications": batch }),
+        )
+    };
+    let (s, first) = call("batch").await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(first["notificationIds"].as_array().unwrap().len(), 500);
+    assert_eq!(call("batch").await, (StatusCode::ACCEPTED, first));
+}
+
+async fn long_principals_still_get_idempotency(backend: Backend) {
+    let f = fixture(backend).await;
+    let long = f
+        .auth
+        .tokens
+        .issue(&"s".repeat(300), Role::Service)
+        .unwrap()
+        .token;
+    let body = sample();
+    let (s1, a1) = f
+        .post(
+            "/api/events/notifications",
+            Some(&long),
+            Some("k"),
+            body.clone(),
+        )
+        .await;
+    let (s2, a2) = f
+        .post("/api/events/notifications", Some(&long), Some("k"), body)
+        .await;
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    assert_eq!(a1, a2);
+    assert_eq!(f.published("notification-triggered").await.len(), 1);
 }

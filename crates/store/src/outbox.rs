@@ -4,22 +4,29 @@
 //! event will be published, even if the process dies right after answering.
 //! Publishing is at-least-once (a crash between publish and delete repeats a
 //! row), which consumers absorb by event id.
+//!
+//! Several relays may serve one table (replicas of a service, or processes on
+//! one SQLite file): a pass is one transaction that locks the rows it
+//! publishes and deletes them before committing, so a row is published by one
+//! relay only and batches reach the bus in id order.
 
 use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clairon_bus::{EventBus, Message};
 use clairon_events::Envelope;
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, Connection, Executor, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{now_ms, Database, Migration};
+use crate::{now_ms, text, Backend, Database, Migration};
 
 const BATCH: i64 = 500;
 
 pub struct Outbox {
     table: String,
+    /// Rows published per pass.
+    batch: i64,
     wake: Notify,
     /// One relay pass at a time in this process, so two callers never publish
     /// the same rows.
@@ -29,8 +36,13 @@ pub struct Outbox {
 impl Outbox {
     /// `table` is owned by one service, e.g. `users_outbox`.
     pub fn new(table: &str) -> Arc<Self> {
+        Self::with_batch(table, BATCH)
+    }
+
+    pub(crate) fn with_batch(table: &str, batch: i64) -> Arc<Self> {
         Arc::new(Outbox {
             table: table.to_owned(),
+            batch,
             wake: Notify::new(),
             relaying: tokio::sync::Mutex::new(()),
         })
@@ -47,7 +59,7 @@ impl Outbox {
             )),
             mysql: Cow::Owned(format!(
                 "CREATE TABLE {t} (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, topic VARCHAR(255) NOT NULL, \
-                 msg_key VARCHAR(255) NOT NULL, headers TEXT NOT NULL, payload MEDIUMTEXT NOT NULL, created_at BIGINT NOT NULL)"
+                 msg_key TEXT NOT NULL, headers TEXT NOT NULL, payload MEDIUMTEXT NOT NULL, created_at BIGINT NOT NULL)"
             )),
         }
     }
@@ -76,39 +88,73 @@ impl Outbox {
     }
 
     /// Publishes one batch of committed rows; returns how many.
+    ///
+    /// The pass is one transaction holding the rows it publishes: on MySQL a
+    /// `SELECT … FOR UPDATE` under READ COMMITTED (record locks only, so inserts
+    /// on the request path never wait for it), on SQLite the write lock taken
+    /// by `BEGIN IMMEDIATE`. A second relay waits for the first to commit its
+    /// deletions and then sees only the rows left, so no row is published
+    /// twice and batches go out in id order.
     pub async fn relay_once(&self, db: &Database, bus: &dyn EventBus) -> anyhow::Result<usize> {
         let _one = self.relaying.lock().await;
+        let t = &self.table;
+        // Nothing committed: no transaction, so an idle relay never takes the
+        // SQLite write lock.
+        let any: Option<i64> = sqlx::query_scalar(&format!("SELECT id FROM {t} LIMIT 1"))
+            .fetch_optional(&db.pool)
+            .await
+            .context("reading the outbox")?;
+        if any.is_none() {
+            return Ok(0);
+        }
+        let mut conn = db.pool.acquire().await.context("reading the outbox")?;
+        let mut tx = match db.backend {
+            Backend::Sqlite => Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await,
+            // Applies to the next transaction of this session only.
+            Backend::MySql => match conn
+                .execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                .await
+            {
+                Ok(_) => Connection::begin(&mut *conn).await,
+                Err(e) => Err(e),
+            },
+        }
+        .context("starting the outbox transaction")?;
+        let lock = db.dialect("", " FOR UPDATE");
         let rows = sqlx::query(&format!(
-            "SELECT id, topic, msg_key, headers, payload FROM {} ORDER BY id LIMIT {BATCH}",
-            self.table
+            "SELECT id, topic, msg_key, headers, payload FROM {t} ORDER BY id LIMIT {}{lock}",
+            self.batch
         ))
-        .fetch_all(&db.pool)
+        .fetch_all(&mut *tx)
         .await
         .context("reading the outbox")?;
         if rows.is_empty() {
+            tx.commit().await?;
             return Ok(0);
         }
         let mut ids = Vec::with_capacity(rows.len());
         let mut msgs = Vec::with_capacity(rows.len());
         for row in &rows {
             ids.push(row.try_get::<i64, _>(0)?);
-            let headers: String = row.try_get(3)?;
-            let payload: String = row.try_get(4)?;
             msgs.push(Message {
-                topic: row.try_get(1)?,
-                key: row.try_get(2)?,
-                headers: serde_json::from_str(&headers).unwrap_or_default(),
-                payload: payload.into_bytes(),
+                topic: text(row, 1)?,
+                key: text(row, 2)?,
+                headers: serde_json::from_str(&text(row, 3)?).unwrap_or_default(),
+                payload: text(row, 4)?.into_bytes(),
             });
         }
+        // On failure the transaction rolls back when dropped: the rows stay.
         bus.publish_all(msgs)
             .await
             .context("publishing outbox rows")?;
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        sqlx::query(&format!("DELETE FROM {} WHERE id IN ({list})", self.table))
-            .execute(&db.pool)
+        sqlx::query(&format!("DELETE FROM {t} WHERE id IN ({list})"))
+            .execute(&mut *tx)
             .await
             .context("deleting published outbox rows")?;
+        tx.commit()
+            .await
+            .context("committing published outbox rows")?;
         metrics::counter!("clairon_outbox_published_total", "table" => self.table.clone())
             .increment(ids.len() as u64);
         Ok(ids.len())

@@ -1,9 +1,10 @@
 //! The `users_accounts` table. Queries are portable across SQLite and MySQL
-//! through `sqlx::Any`, so rows are decoded as `String`, `Option<String>` and
-//! `i64` only and converted here.
+//! through `sqlx::Any`, so rows are decoded as text (with the store's
+//! [`text`]/[`opt_text`]) and `i64` only and converted here.
 
 use anyhow::Context;
 use clairon_auth::Role;
+use clairon_store::{opt_text, text};
 use sqlx::{any::AnyRow, Any, AnyConnection, Executor, Row};
 use uuid::Uuid;
 
@@ -25,15 +26,15 @@ pub(crate) struct Account {
 
 impl Account {
     pub fn from_row(row: &AnyRow) -> anyhow::Result<Account> {
-        let id: String = row.try_get(0)?;
-        let role: String = row.try_get(5)?;
+        let id = text(row, 0)?;
+        let role = text(row, 5)?;
         Ok(Account {
             user_id: Uuid::parse_str(&id)
                 .with_context(|| format!("stored user id `{id}` is not a UUID"))?,
-            email: row.try_get(1)?,
-            first_name: row.try_get(2)?,
-            last_name: row.try_get(3)?,
-            phone_number: row.try_get(4)?,
+            email: text(row, 1)?,
+            first_name: text(row, 2)?,
+            last_name: text(row, 3)?,
+            phone_number: opt_text(row, 4)?,
             role: Role::parse(&role)
                 .with_context(|| format!("stored role `{role}` of user {id} is unknown"))?,
             created_at: row.try_get(6)?,
@@ -110,12 +111,12 @@ where
     else {
         return Ok(None);
     };
-    let id: String = row.try_get(0)?;
-    let role: String = row.try_get(2)?;
+    let id = text(&row, 0)?;
+    let role = text(&row, 2)?;
     Ok(Some(Credentials {
         user_id: Uuid::parse_str(&id)
             .with_context(|| format!("stored user id `{id}` is not a UUID"))?,
-        password_hash: row.try_get(1)?,
+        password_hash: text(&row, 1)?,
         role: Role::parse(&role)
             .with_context(|| format!("stored role `{role}` of user {id} is unknown"))?,
     }))

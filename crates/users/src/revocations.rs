@@ -17,7 +17,7 @@ use std::{
 use anyhow::Context;
 use async_trait::async_trait;
 use clairon_auth::Revocations;
-use clairon_store::{is_unique_violation, migrate, now_ms, Database};
+use clairon_store::{is_unique_violation, migrate, now_ms, text, Database};
 use sqlx::Row;
 
 /// How stale the view of other processes' revocations may get.
@@ -96,7 +96,7 @@ impl SqlRevocations {
                 .context("reading revoked tokens")?;
         let mut fresh = Vec::with_capacity(rows.len());
         for row in &rows {
-            fresh.push((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
+            fresh.push((text(row, 0)?, row.try_get::<i64, _>(1)?));
         }
         {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);

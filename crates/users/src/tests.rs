@@ -8,19 +8,43 @@ use axum::{
 use clairon_auth::{AuthContext, Revocations, Tokens};
 use clairon_bus::{consumer::RetryPolicy, embedded::EmbeddedBus, EventBus, Record};
 use clairon_http::ServiceDeps;
+use clairon_store::{
+    both_backends,
+    testing::{fresh_database, TestDatabase},
+    Backend,
+};
 use serde_json::{json, Value};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
 use super::*;
 
+both_backends!(
+    registration_answers_the_user_and_publishes_user_registered_through_the_outbox,
+    an_email_is_taken_whatever_its_case,
+    invalid_registrations_name_every_bad_field,
+    login_gives_a_token_and_one_answer_for_every_failure,
+    logout_revokes_only_that_token_and_survives_a_restart,
+    revocations_made_elsewhere_are_seen_after_the_next_sync,
+    expired_revocations_are_pruned,
+    profile_updates_change_fields_and_report_only_their_names,
+    only_administrators_list_and_read_accounts,
+    the_bootstrap_administrator_is_created_once,
+    a_configured_administrator_must_follow_the_rules,
+    start_relays_in_the_background_and_stops_on_cancel,
+    contact_details_for_notifications,
+    values_at_their_limits_are_stored,
+);
+
 const ADMIN_EMAIL: &str = "root@example.org";
 const ADMIN_PASSWORD: &str = "admin password 1";
 const TOKEN_TTL: Duration = Duration::from_secs(900);
 
 struct Harness {
-    /// Keeps the database files alive.
+    /// Keeps the bus files alive.
     _tmp: tempfile::TempDir,
+    /// Keeps the database alive.
+    _db: TestDatabase,
     db: Database,
     bus: Arc<EmbeddedBus>,
     deps: ServiceDeps,
@@ -30,17 +54,21 @@ struct Harness {
 }
 
 async fn platform(
+    backend: Backend,
     tmp: &tempfile::TempDir,
-) -> (Database, Arc<EmbeddedBus>, Arc<SqlRevocations>, ServiceDeps) {
-    let db = Database::connect(&format!("sqlite://{}/users.db", tmp.path().display()), 4)
-        .await
-        .unwrap();
+) -> (
+    TestDatabase,
+    Arc<EmbeddedBus>,
+    Arc<SqlRevocations>,
+    ServiceDeps,
+) {
+    let db = fresh_database(backend).await;
     let bus = Arc::new(
         EmbeddedBus::open(&tmp.path().join("bus.db"), 4)
             .await
             .unwrap(),
     );
-    let revocations = SqlRevocations::open(db.clone()).await.unwrap();
+    let revocations = SqlRevocations::open(db.db.clone()).await.unwrap();
     let deps = ServiceDeps {
         bus: bus.clone(),
         auth: Arc::new(AuthContext {
@@ -63,9 +91,10 @@ fn configured_admin() -> AdminBootstrap {
 
 /// A service without its background relay, so tests decide when the outbox is
 /// published.
-async fn harness() -> Harness {
+async fn harness(backend: Backend) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
-    let (db, bus, revocations, deps) = platform(&tmp).await;
+    let (test_db, bus, revocations, deps) = platform(backend, &tmp).await;
+    let db = test_db.db.clone();
     let users = Users::open(&deps, db.clone(), configured_admin())
         .await
         .unwrap();
@@ -74,6 +103,7 @@ async fn harness() -> Harness {
     let app = users.router();
     Harness {
         _tmp: tmp,
+        _db: test_db,
         db,
         bus,
         deps,
@@ -214,9 +244,10 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
 
-#[tokio::test]
-async fn registration_answers_the_user_and_publishes_user_registered_through_the_outbox() {
-    let h = harness().await;
+async fn registration_answers_the_user_and_publishes_user_registered_through_the_outbox(
+    backend: Backend,
+) {
+    let h = harness(backend).await;
     let a = h
         .call(
             Method::POST,
@@ -263,9 +294,8 @@ async fn registration_answers_the_user_and_publishes_user_registered_through_the
     );
 }
 
-#[tokio::test]
-async fn an_email_is_taken_whatever_its_case() {
-    let h = harness().await;
+async fn an_email_is_taken_whatever_its_case(backend: Backend) {
+    let h = harness(backend).await;
     h.register("ann@example.com", "correct horse").await;
     let a = h
         .call(
@@ -311,9 +341,8 @@ async fn an_email_is_taken_whatever_its_case() {
     assert_eq!(h.accounts().await, 3);
 }
 
-#[tokio::test]
-async fn invalid_registrations_name_every_bad_field() {
-    let h = harness().await;
+async fn invalid_registrations_name_every_bad_field(backend: Backend) {
+    let h = harness(backend).await;
     let a = h
         .call(
             Method::POST,
@@ -363,9 +392,8 @@ async fn invalid_registrations_name_every_bad_field() {
     assert_eq!(h.outbox_rows().await, 0);
 }
 
-#[tokio::test]
-async fn login_gives_a_token_and_one_answer_for_every_failure() {
-    let h = harness().await;
+async fn login_gives_a_token_and_one_answer_for_every_failure(backend: Backend) {
+    let h = harness(backend).await;
     let user = h.register("ann@example.com", "correct horse").await;
     let user_id = user["userId"].as_str().unwrap();
 
@@ -399,9 +427,8 @@ async fn login_gives_a_token_and_one_answer_for_every_failure() {
     assert_eq!(p["userId"], user_id);
 }
 
-#[tokio::test]
-async fn logout_revokes_only_that_token_and_survives_a_restart() {
-    let h = harness().await;
+async fn logout_revokes_only_that_token_and_survives_a_restart(backend: Backend) {
+    let h = harness(backend).await;
     let user = h.register("ann@example.com", "correct horse").await;
     let user_id = user["userId"].as_str().unwrap();
     let token = h.token("ann@example.com", "correct horse").await;
@@ -448,9 +475,8 @@ async fn logout_revokes_only_that_token_and_survives_a_restart() {
     assert_eq!(kinds, [json!("LOGIN"), json!("LOGIN"), json!("LOGOUT")]);
 }
 
-#[tokio::test]
-async fn revocations_made_elsewhere_are_seen_after_the_next_sync() {
-    let h = harness().await;
+async fn revocations_made_elsewhere_are_seen_after_the_next_sync(backend: Backend) {
+    let h = harness(backend).await;
     let elsewhere = SqlRevocations::open(h.db.clone()).await.unwrap();
     let exp = clairon_store::now_ms() / 1000 + 600;
     elsewhere.revoke("jti-1", exp).await.unwrap();
@@ -462,9 +488,8 @@ async fn revocations_made_elsewhere_are_seen_after_the_next_sync() {
     assert!(!h.revocations.is_revoked("jti-2").await.unwrap());
 }
 
-#[tokio::test]
-async fn expired_revocations_are_pruned() {
-    let h = harness().await;
+async fn expired_revocations_are_pruned(backend: Backend) {
+    let h = harness(backend).await;
     let now = clairon_store::now_ms();
     let r = &h.revocations;
     r.revoke("old", (now - revocations::GRACE_MS - 1_000) / 1000)
@@ -482,9 +507,8 @@ async fn expired_revocations_are_pruned() {
     assert_eq!(left, ["new"]);
 }
 
-#[tokio::test]
-async fn profile_updates_change_fields_and_report_only_their_names() {
-    let h = harness().await;
+async fn profile_updates_change_fields_and_report_only_their_names(backend: Backend) {
+    let h = harness(backend).await;
     let reg = h
         .call(
             Method::POST,
@@ -574,9 +598,8 @@ async fn profile_updates_change_fields_and_report_only_their_names() {
     }
 }
 
-#[tokio::test]
-async fn only_administrators_list_and_read_accounts() {
-    let h = harness().await;
+async fn only_administrators_list_and_read_accounts(backend: Backend) {
+    let h = harness(backend).await;
     let mut ids = Vec::new();
     for email in ["a@example.com", "b@example.com", "c@example.com"] {
         ids.push(
@@ -677,10 +700,10 @@ async fn only_administrators_list_and_read_accounts() {
     }
 }
 
-#[tokio::test]
-async fn the_bootstrap_administrator_is_created_once() {
+async fn the_bootstrap_administrator_is_created_once(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let (db, bus, revocations, deps) = platform(&tmp).await;
+    let (test_db, bus, revocations, deps) = platform(backend, &tmp).await;
+    let db = test_db.db.clone();
     let users = Users::prepare(&deps, db.clone()).await.unwrap();
 
     let created = users
@@ -715,6 +738,7 @@ async fn the_bootstrap_administrator_is_created_once() {
         app: reopened.router(),
         users: reopened,
         _tmp: tmp,
+        _db: test_db,
         db,
         bus,
         revocations,
@@ -730,11 +754,10 @@ async fn the_bootstrap_administrator_is_created_once() {
     assert_eq!(payload(&registered[0])["email"], "admin@clairon.local");
 }
 
-#[tokio::test]
-async fn a_configured_administrator_must_follow_the_rules() {
+async fn a_configured_administrator_must_follow_the_rules(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let (db, _bus, _revocations, deps) = platform(&tmp).await;
-    let users = Users::prepare(&deps, db).await.unwrap();
+    let (db, _bus, _revocations, deps) = platform(backend, &tmp).await;
+    let users = Users::prepare(&deps, db.db.clone()).await.unwrap();
     let err = users
         .ensure_admin(AdminBootstrap {
             email: None,
@@ -749,11 +772,12 @@ async fn a_configured_administrator_must_follow_the_rules() {
     );
 }
 
-#[tokio::test]
-async fn start_relays_in_the_background_and_stops_on_cancel() {
+async fn start_relays_in_the_background_and_stops_on_cancel(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let (db, bus, _revocations, deps) = platform(&tmp).await;
-    let users = Users::start(&deps, db, configured_admin()).await.unwrap();
+    let (db, bus, _revocations, deps) = platform(backend, &tmp).await;
+    let users = Users::start(&deps, db.db.clone(), configured_admin())
+        .await
+        .unwrap();
     let app = users.router();
     let req = Request::post("/api/users/register")
         .header(header::CONTENT_TYPE, "application/json")
@@ -791,9 +815,8 @@ async fn start_relays_in_the_background_and_stops_on_cancel() {
         .expect("the relay stops on cancel");
 }
 
-#[tokio::test]
-async fn contact_details_for_notifications() {
-    let h = harness().await;
+async fn contact_details_for_notifications(backend: Backend) {
+    let h = harness(backend).await;
     let a = h
         .call(
             Method::POST,
@@ -866,4 +889,38 @@ fn openapi_documents_every_route_with_resolvable_schemas() {
             "dangling {r}"
         );
     }
+}
+
+/// The longest values the rules accept fit their columns, in multi-byte
+/// characters too; an email differing only by accents is another account.
+async fn values_at_their_limits_are_stored(backend: Backend) {
+    let h = harness(backend).await;
+    let local = "é".repeat(validate::EMAIL_MAX - 6);
+    let email = format!("{local}@x.org");
+    let name = "🎉".repeat(validate::NAME_MAX);
+    let password = "🔑".repeat(validate::PASSWORD_MAX);
+    let a = h
+        .call(
+            Method::POST,
+            "/api/users/register",
+            None,
+            Some(
+                json!({"email": email, "password": password, "firstName": name,
+                        "lastName": name, "phoneNumber": "+123456789012345"}),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["email"], email);
+    assert_eq!(a.body["firstName"], name);
+    assert_eq!(a.body["phoneNumber"], "+123456789012345");
+    let token = h.token(&email.to_uppercase(), &password).await;
+    let me = h
+        .call(Method::GET, "/api/users/me", Some(&token), None)
+        .await;
+    assert_eq!(me.body, a.body);
+
+    h.register("rene@example.com", "correct horse").await;
+    h.register("rené@example.com", "correct horse").await;
+    assert_eq!(h.accounts().await, 4);
 }
