@@ -39,6 +39,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Mint a signed access token, e.g. a SERVICE token for a script that publishes events.
     Token(TokenArgs),
+    /// Kafka administration.
+    #[command(subcommand)]
+    Kafka(KafkaCommand),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -189,6 +192,9 @@ pub struct ServeArgs {
     /// Partitions of each topic of the embedded event log.
     #[arg(long, env = "CLAIRON_BUS_PARTITIONS", default_value_t = 8)]
     pub bus_partitions: u32,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// How long the embedded event log keeps records, hours.
     #[arg(long, env = "CLAIRON_BUS_RETENTION_HOURS", default_value_t = 168)]
     pub bus_retention_hours: u64,
@@ -197,9 +203,79 @@ pub struct ServeArgs {
     #[arg(long, env = "CLAIRON_WEB_GROUP", default_value = "web")]
     pub web_group: String,
 
+    /// Kafka UI address the monitoring page links to (e.g. `http://kafka-ui:8080`); unset: no link.
+    #[arg(long, env = "CLAIRON_KAFKA_UI_URL")]
+    pub kafka_ui_url: Option<String>,
+
     /// On SIGTERM, how long in-flight work may take before the process exits anyway, seconds.
     #[arg(long, env = "CLAIRON_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+}
+
+/// Apache Kafka, used instead of the embedded event log when brokers are given.
+#[derive(Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers (`host:9092,host2:9092`). Unset: the embedded event log.
+    #[arg(long, env = "CLAIRON_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Prefix added to every topic name (several platforms on one cluster).
+    #[arg(long, env = "CLAIRON_KAFKA_TOPIC_PREFIX", default_value = "")]
+    pub kafka_topic_prefix: String,
+    /// Partitions of the topics `kafka init` creates.
+    #[arg(long, env = "CLAIRON_KAFKA_PARTITIONS", default_value_t = 6)]
+    pub kafka_partitions: i32,
+    /// Replication factor of the topics `kafka init` creates.
+    #[arg(long, env = "CLAIRON_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub kafka_replication_factor: i32,
+    /// Retention of the topics `kafka init` creates, hours.
+    #[arg(long, env = "CLAIRON_KAFKA_RETENTION_HOURS", default_value_t = 168)]
+    pub kafka_retention_hours: i64,
+    /// Create missing topics at start-up (as `clairon kafka init` does).
+    #[arg(long, env = "CLAIRON_KAFKA_INIT_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub kafka_init_topics: bool,
+    /// security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    #[arg(long, env = "CLAIRON_KAFKA_SECURITY_PROTOCOL")]
+    pub kafka_security_protocol: Option<String>,
+    /// sasl.mechanism, e.g. PLAIN or SCRAM-SHA-512.
+    #[arg(long, env = "CLAIRON_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+    /// SASL user name.
+    #[arg(long, env = "CLAIRON_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// SASL password.
+    #[arg(long, env = "CLAIRON_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+    /// CA certificate file for SSL.
+    #[arg(long, env = "CLAIRON_KAFKA_SSL_CA_LOCATION")]
+    pub kafka_ssl_ca_location: Option<String>,
+    /// Stable identity of this process in its consumer groups (static membership: a restarted
+    /// process gets its partitions back without a rebalance), e.g. the pod name.
+    #[arg(long, env = "CLAIRON_KAFKA_INSTANCE_ID")]
+    pub kafka_instance_id: Option<String>,
+    /// Consumer session timeout, milliseconds: how soon a crashed consumer's partitions move.
+    #[arg(
+        long,
+        env = "CLAIRON_KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub kafka_session_timeout_ms: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KafkaInitArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Deliveries a failing event gets; sets how many retry topics are created.
+    #[arg(long, env = "CLAIRON_RETRY_MAX_ATTEMPTS", default_value_t = 4)]
+    pub retry_max_attempts: u32,
+    #[arg(long, env = "CLAIRON_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KafkaCommand {
+    /// Create Clairon's topics (main, retry and dead-letter) if missing; safe to repeat.
+    Init(KafkaInitArgs),
 }
 
 #[derive(Args, Debug, Clone)]

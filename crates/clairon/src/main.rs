@@ -5,7 +5,7 @@ mod remote;
 mod serve;
 
 use clap::Parser;
-use config::{Cli, Command, Common, LogFormat};
+use config::{Cli, Command, LogFormat};
 
 fn main() -> std::process::ExitCode {
     if let Err(e) = config::load_config_file() {
@@ -14,11 +14,11 @@ fn main() -> std::process::ExitCode {
     }
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(Box::new(cli.serve)));
-    let common = match &command {
-        Command::Serve(s) => s.common.clone(),
-        Command::Token(t) => t.common.clone(),
-    };
-    init_tracing(&common);
+    match &command {
+        Command::Serve(s) => init_tracing(&s.common.log, s.common.log_format),
+        Command::Token(t) => init_tracing(&t.common.log, t.common.log_format),
+        Command::Kafka(config::KafkaCommand::Init(k)) => init_tracing(&k.log, LogFormat::Text),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
         match command {
             Command::Serve(args) => serve::run(*args).await,
             Command::Token(args) => token(args),
+            Command::Kafka(config::KafkaCommand::Init(args)) => serve::kafka_init(args).await,
         }
     });
     match result {
@@ -45,13 +46,13 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_tracing(c: &Common) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&c.log)
+fn init_tracing(log: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match c.log_format {
+    match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }

@@ -34,36 +34,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
     })?;
 
+    // Install the metrics recorder before anything records.
+    let _ = clairon_http::metrics::handle();
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    let bus = EmbeddedBus::open(&args.common.data_dir.join("bus.db"), args.bus_partitions)
-        .await
-        .context("opening the embedded event log")?;
-    let bus = Arc::new(bus);
-    {
-        let (bus, cancel, keep) = (
-            bus.clone(),
-            cancel.clone(),
-            Duration::from_secs(args.bus_retention_hours * 3600),
-        );
-        tasks.spawn(async move {
-            loop {
-                match bus.prune(keep).await {
-                    Ok(n) if n > 0 => {
-                        tracing::info!(records = n, "pruned expired event log records")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "pruning the event log failed"),
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-                }
-            }
-        });
-    }
-    let bus: Arc<dyn EventBus> = bus;
+    let bus = open_bus(&args, &cancel, &tasks).await?;
 
     let users_db = open_db(&args.common, "users").await?;
     let revocations: Arc<dyn Revocations> =
@@ -89,6 +65,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ),
         },
     };
+
+    spawn_lag_gauges(bus.clone(), cancel.clone(), &tasks);
 
     // Services, in dependency order; each listener gets its router plus the common routes.
     let mut listeners: Vec<(ServiceName, SocketAddr, Router)> = Vec::new();
@@ -181,6 +159,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None
     };
 
+    let mut web_service: Option<Arc<Web>> = None;
     if wanted.contains(&ServiceName::Web) {
         let inbox: Arc<dyn PushInbox> = match (&notifications, &args.notifications_url) {
             (Some((svc, _)), _) => Arc::new(LocalInbox(svc.clone())),
@@ -231,6 +210,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let web = Web::start(&deps, inbox, upstreams, &args.web_group)
             .await
             .context("starting the web service")?;
+        web.set_kafka_ui_url(args.kafka_ui_url.clone());
+        web_service = Some(web.clone());
         let mut doc = docs
             .first()
             .cloned()
@@ -254,17 +235,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         bound.push((name, l, router));
     }
     let mut servers = Vec::new();
+    let mut health_targets = Vec::new();
     for (name, l, router) in bound {
         let local = l.local_addr()?;
         println!("clairon: {} listening on http://{local}", name.as_str());
         tracing::info!(service = name.as_str(), %local, "listening");
+        health_targets.push((name.as_str().to_owned(), clairon_web::local_base_url(local)));
         let router = clairon_http::layers::apply(name.as_str(), router);
+        // Outermost on the web listener: `/ws?token=` leaves the URI before anything logs it.
+        let router = match name {
+            ServiceName::Web => clairon_web::outer_layers(router),
+            _ => router,
+        };
         let c = cancel.clone();
         servers.push(tokio::spawn(async move {
             axum::serve(l, router)
                 .with_graceful_shutdown(async move { c.cancelled().await })
                 .await
         }));
+    }
+    if let Some(web) = &web_service {
+        // The monitoring page probes the services of this process and those it reaches by URL.
+        for (name, url) in [
+            ("users", &args.users_url),
+            ("notifications", &args.notifications_url),
+            ("events", &args.events_url),
+            ("logs", &args.logs_url),
+        ] {
+            let here = health_targets.iter().any(|(n, _)| n == name);
+            if let (Some(url), false) = (url, here) {
+                health_targets.push((name.to_owned(), url.clone()));
+            }
+        }
+        web.set_health_targets(health_targets);
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -287,6 +290,145 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Publishes each consumer group's lag as `clairon_bus_consumer_lag`, for alerts.
+fn spawn_lag_gauges(bus: Arc<dyn EventBus>, cancel: CancellationToken, tasks: &TaskTracker) {
+    tasks.spawn(async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), bus.describe()).await {
+                Ok(Ok(o)) => {
+                    for g in o.groups {
+                        metrics::gauge!(
+                            "clairon_bus_consumer_lag",
+                            "group" => g.group,
+                            "topic" => g.topic,
+                            "partition" => g.partition.to_string()
+                        )
+                        .set(g.lag as f64);
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "could not read consumer lag"),
+                Err(_) => tracing::debug!("reading consumer lag timed out"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+            }
+        }
+    });
+}
+
+/// The event bus: Kafka when brokers are configured, else the embedded log.
+async fn open_bus(
+    args: &ServeArgs,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<Arc<dyn EventBus>> {
+    if args.kafka.kafka_brokers.is_some() {
+        let bus = kafka_bus(&args.kafka)?;
+        if args.kafka.kafka_init_topics {
+            let created = init_topics(&bus, args.retry_max_attempts)
+                .await
+                .context("creating Kafka topics (disable with CLAIRON_KAFKA_INIT_TOPICS=false)")?;
+            if !created.is_empty() {
+                tracing::info!(topics = ?created, "created Kafka topics");
+            }
+        }
+        return Ok(Arc::new(bus));
+    }
+    let bus = Arc::new(
+        EmbeddedBus::open(&args.common.data_dir.join("bus.db"), args.bus_partitions)
+            .await
+            .context("opening the embedded event log")?,
+    );
+    let (b, cancel, keep) = (
+        bus.clone(),
+        cancel.clone(),
+        Duration::from_secs(args.bus_retention_hours * 3600),
+    );
+    tasks.spawn(async move {
+        loop {
+            match b.prune(keep).await {
+                Ok(n) if n > 0 => tracing::info!(records = n, "pruned expired event log records"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning the event log failed"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            }
+        }
+    });
+    Ok(bus)
+}
+
+fn kafka_bus(k: &crate::config::KafkaArgs) -> anyhow::Result<clairon_bus::kafka::KafkaBus> {
+    let brokers = k
+        .kafka_brokers
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("set CLAIRON_KAFKA_BROKERS"))?;
+    let settings = clairon_bus::kafka::KafkaSettings {
+        brokers,
+        topic_prefix: k.kafka_topic_prefix.clone(),
+        client_id: format!("clairon-{}", std::process::id()),
+        security_protocol: k.kafka_security_protocol.clone(),
+        sasl_mechanism: k.kafka_sasl_mechanism.clone(),
+        sasl_username: k.kafka_sasl_username.clone(),
+        sasl_password: k.kafka_sasl_password.clone(),
+        ssl_ca_location: k.kafka_ssl_ca_location.clone(),
+        partitions: k.kafka_partitions,
+        replication_factor: k.kafka_replication_factor,
+        retention_ms: Some(k.kafka_retention_hours * 3600 * 1000),
+        session_timeout_ms: k.kafka_session_timeout_ms,
+        instance_id: k.kafka_instance_id.clone(),
+    };
+    clairon_bus::kafka::KafkaBus::connect(settings).context("configuring the Kafka client")
+}
+
+/// The consumer groups of every service, with the topics each consumes: their
+/// retry topics are created with the main ones.
+fn consumer_groups() -> Vec<(String, Vec<String>)> {
+    use clairon_events::topics::*;
+    let owned = |ts: &[&str]| ts.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let mut audit = owned(&ALL);
+    audit.extend(ALL.iter().map(|t| dead_letter(t)));
+    vec![
+        (
+            clairon_notifications::CONSUMER_GROUP.to_owned(),
+            owned(&[USER_REGISTERED, NOTIFICATION_TRIGGERED]),
+        ),
+        (clairon_audit::CONSUMER_GROUP.to_owned(), audit),
+    ]
+}
+
+/// Creates the topics of every group (with their retry topics) if missing.
+async fn init_topics(
+    bus: &clairon_bus::kafka::KafkaBus,
+    max_attempts: u32,
+) -> anyhow::Result<Vec<String>> {
+    let groups = consumer_groups();
+    let refs: Vec<Vec<&str>> = groups
+        .iter()
+        .map(|(_, ts)| ts.iter().map(String::as_str).collect())
+        .collect();
+    let pairs: Vec<(&str, &[&str])> = groups
+        .iter()
+        .zip(&refs)
+        .map(|((g, _), ts)| (g.as_str(), ts.as_slice()))
+        .collect();
+    Ok(bus.init_topics(&pairs, max_attempts).await?)
+}
+
+/// `clairon kafka init`: creates the topics, then exits.
+pub async fn kafka_init(args: crate::config::KafkaInitArgs) -> anyhow::Result<()> {
+    let bus = kafka_bus(&args.kafka)?;
+    let created = init_topics(&bus, args.retry_max_attempts).await?;
+    println!("clairon: {} topic(s) created", created.len());
+    for t in created {
+        println!("  {t}");
+    }
     Ok(())
 }
 
