@@ -27,6 +27,15 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                     ],
                 )
                 .ok()?
+                // Trigger → provider acceptance spans retries and backoff: up to minutes.
+                .set_buckets_for_metric(
+                    Matcher::Full("clairon_delivery_latency_seconds".into()),
+                    &[
+                        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                        300.0,
+                    ],
+                )
+                .ok()?
                 .install_recorder()
                 .ok()
         })
