@@ -10,6 +10,10 @@
 //! that is already due. After `max_attempts`, or at once for
 //! [`HandleError::Reject`] (e.g. an unparseable payload), the record goes to
 //! `<topic>-dlt` with the reason, and the consumer moves on.
+//!
+//! Each record is handled inside a span `handle <topic>` whose parent is the
+//! producer's span named by the record's `traceparent` header, so one trace
+//! follows an event from the request that caused it to every consumer.
 
 use std::{
     collections::BTreeMap,
@@ -19,9 +23,97 @@ use std::{
 
 use async_trait::async_trait;
 use clairon_events::{headers, topics};
+use opentelemetry::{propagation::TextMapPropagator, trace::TraceContextExt};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{BusError, EventBus, Message, Record, Subscription};
+
+/// Target of the spans opened for distributed tracing (handled records here,
+/// requests and provider sends in the services). They are DEBUG spans: the log
+/// filter leaves them out, so they cost nothing unless the OpenTelemetry layer,
+/// installed when an OTLP endpoint is configured, enables this target.
+pub const SPAN_TARGET: &str = "clairon_trace";
+
+/// Reads W3C trace context (`traceparent`, `tracestate`) from record headers.
+struct HeaderCarrier<'a>(&'a [(String, String)]);
+
+impl opentelemetry::propagation::Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        headers::find(self.0, key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_str()).collect()
+    }
+}
+
+/// The remote parent named by the W3C trace context in `headers`, if well-formed.
+pub fn remote_parent(headers: &[(String, String)]) -> Option<opentelemetry::Context> {
+    extract_parent(&HeaderCarrier(headers))
+}
+
+/// The remote parent named by the W3C trace context (`traceparent`, and
+/// `tracestate` with it) a carrier holds, if well-formed.
+pub fn extract_parent(
+    carrier: &dyn opentelemetry::propagation::Extractor,
+) -> Option<opentelemetry::Context> {
+    if !carrier
+        .get(headers::TRACEPARENT)
+        .is_some_and(|tp| well_formed_traceparent(tp.trim()))
+    {
+        return None;
+    }
+    let cx = TraceContextPropagator::new().extract(carrier);
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// The W3C shape: `version-traceid-parentid-flags` in lower-case hex of 2, 32,
+/// 16 and 2 digits (later versions may append fields). The propagator alone
+/// would also take shorter ids.
+pub fn well_formed_traceparent(tp: &str) -> bool {
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let parts: Vec<&str> = tp.split('-').collect();
+    parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && (parts[0] != "00" || parts.len() == 4)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+}
+
+/// The span one record is handled in: `handle <topic>`, a child of the span
+/// named by the record's `traceparent` header.
+fn record_span(group: &str, r: &Record) -> tracing::Span {
+    let span = tracing::debug_span!(
+        target: SPAN_TARGET,
+        "handle",
+        otel.name = %format!("handle {}", r.topic),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.operation.type = "process",
+        messaging.destination.name = %r.topic,
+        messaging.destination.partition.id = r.partition,
+        messaging.consumer.group.name = %group,
+        messaging.message.id = %r.event_id(),
+        clairon.offset = r.offset,
+        clairon.attempt = r.attempt(),
+        clairon.outcome = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        if let Some(parent) = remote_parent(&r.headers) {
+            let _ = span.set_parent(parent);
+        }
+    }
+    span
+}
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -247,24 +339,34 @@ async fn handle_partition(
                 }
             }
         }
-        let outcome = match handler.handle(r).await {
-            Ok(()) => Ok("handled"),
-            Err(HandleError::Retry(reason)) if r.attempt() < policy.max_attempts => {
-                forward(bus, r, group, Some(policy), &reason)
-                    .await
-                    .map(|_| "retried")
-            }
-            Err(HandleError::Retry(reason)) | Err(HandleError::Reject(reason)) => {
-                match handler.dead_lettered(r, &reason).await {
-                    Ok(()) => forward(bus, r, group, None, &reason)
+        let span = record_span(group, r);
+        let outcome = async {
+            match handler.handle(r).await {
+                Ok(()) => Ok("handled"),
+                Err(HandleError::Retry(reason)) if r.attempt() < policy.max_attempts => {
+                    forward(bus, r, group, Some(policy), &reason)
                         .await
-                        .map(|_| "dead_lettered"),
-                    Err(e) => Err(BusError::Other(format!("dead-letter hook failed: {e:#}"))),
+                        .map(|_| "retried")
+                }
+                Err(HandleError::Retry(reason)) | Err(HandleError::Reject(reason)) => {
+                    match handler.dead_lettered(r, &reason).await {
+                        Ok(()) => forward(bus, r, group, None, &reason)
+                            .await
+                            .map(|_| "dead_lettered"),
+                        Err(e) => Err(BusError::Other(format!("dead-letter hook failed: {e:#}"))),
+                    }
                 }
             }
-        };
+        }
+        .instrument(span.clone())
+        .await;
+        let _in_span = span.enter();
         match outcome {
             Ok(what) => {
+                span.record("clairon.outcome", what);
+                if what != "handled" {
+                    span.record("otel.status_code", "ERROR");
+                }
                 metrics::counter!("clairon_bus_records_total", "topic" => topics::base_topic(&r.topic).to_owned(), "outcome" => what).increment(1);
                 if what == "dead_lettered" {
                     tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, event_id = %r.event_id(), "record dead-lettered");
@@ -272,6 +374,8 @@ async fn handle_partition(
                 next = Some(r.offset + 1);
             }
             Err(e) => {
+                span.record("clairon.outcome", "redeliver");
+                span.record("otel.status_code", "ERROR");
                 tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %e, "could not forward a failed record; it will be delivered again");
                 return PartitionOutcome {
                     next,
@@ -327,13 +431,14 @@ async fn forward(
         }
     };
     bus.publish(Message {
-        topic,
+        topic: topic.clone(),
         key: r.key.clone(),
         headers: hs,
         payload: r.payload.clone(),
     })
-    .await
-    .map(|_| ())
+    .await?;
+    metrics::counter!("clairon_bus_published_total", "topic" => topic).increment(1);
+    Ok(())
 }
 
 pub fn now_ms() -> i64 {
@@ -341,4 +446,148 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{SpanContext, SpanId, TraceId, TracerProvider as _};
+    use opentelemetry_sdk::{
+        error::OTelSdkResult,
+        trace::{SdkTracerProvider, SpanData, SpanExporter},
+    };
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+    use crate::embedded::EmbeddedBus;
+
+    /// Keeps every finished span.
+    #[derive(Debug, Clone, Default)]
+    struct Collect(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Collect {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    /// Notes the span context the handler runs in.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<SpanContext>>);
+
+    #[async_trait]
+    impl Handler for Seen {
+        async fn handle(&self, _r: &Record) -> Result<(), HandleError> {
+            let cx = tracing::Span::current().context();
+            self.0
+                .lock()
+                .unwrap()
+                .push(cx.span().span_context().clone());
+            Ok(())
+        }
+    }
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+
+    #[tokio::test]
+    async fn a_records_traceparent_is_the_parent_of_its_handling_span() {
+        let exported = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exported.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        // Current-thread runtime: the consumer's tasks run on this thread, under this subscriber.
+        // Keep two dispatchers registered: with one, tracing-core rates a call site
+        // that a concurrent test (no subscriber) reaches first by that thread's
+        // default alone, which disables it on every thread.
+        let _other = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().unwrap();
+        let bus: Arc<dyn EventBus> = Arc::new(
+            EmbeddedBus::open(&dir.path().join("bus.db"), 1)
+                .await
+                .unwrap(),
+        );
+        bus.publish(Message {
+            topic: "orders".into(),
+            key: "k".into(),
+            headers: vec![(
+                headers::TRACEPARENT.into(),
+                format!("00-{TRACE}-{PARENT}-01"),
+            )],
+            payload: b"{}".to_vec(),
+        })
+        .await
+        .unwrap();
+
+        let handler = Arc::new(Seen::default());
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(run(
+            bus,
+            ConsumerSpec::new("g", &["orders"], RetryPolicy::default()),
+            handler.clone(),
+            cancel.clone(),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !exported
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.name == "handle orders")
+        {
+            assert!(std::time::Instant::now() < deadline, "no span was exported");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        run.await.unwrap().unwrap();
+
+        let seen = handler.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1);
+        let trace = TraceId::from_hex(TRACE).unwrap();
+        let parent = SpanId::from_hex(PARENT).unwrap();
+        // The handler runs in the record's trace, in a span of its own.
+        assert_eq!(seen[0].trace_id(), trace);
+        assert_ne!(seen[0].span_id(), parent);
+
+        let spans = exported.0.lock().unwrap();
+        let span = spans.iter().find(|s| s.name == "handle orders").unwrap();
+        assert_eq!(span.span_context.trace_id(), trace);
+        assert_eq!(span.span_context.span_id(), seen[0].span_id());
+        assert_eq!(span.parent_span_id, parent);
+        assert!(span.parent_span_is_remote);
+        assert_eq!(span.span_kind, opentelemetry::trace::SpanKind::Consumer);
+        assert!(span
+            .attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "clairon.outcome" && kv.value.as_str() == "handled"));
+    }
+
+    #[test]
+    fn malformed_trace_context_names_no_parent() {
+        for tp in [
+            "",
+            "00-abc-def-01",
+            &format!("00-{}-{PARENT}-01", "0".repeat(32)),
+            &format!("00-{}-{PARENT}-01", TRACE.to_uppercase()),
+            &format!("00-{TRACE}-{PARENT}-01-extra"),
+            &format!("ff-{TRACE}-{PARENT}-01"),
+        ] {
+            let hs = vec![(headers::TRACEPARENT.to_owned(), tp.to_owned())];
+            assert!(remote_parent(&hs).is_none(), "{tp}");
+        }
+        let hs = vec![("TraceParent".to_owned(), format!("00-{TRACE}-{PARENT}-01"))];
+        assert!(remote_parent(&hs).is_some());
+        // A later version may carry more fields.
+        let hs = vec![(
+            headers::TRACEPARENT.to_owned(),
+            format!("01-{TRACE}-{PARENT}-01-more"),
+        )];
+        assert!(remote_parent(&hs).is_some());
+    }
 }

@@ -70,6 +70,17 @@ pub struct Common {
     /// Log format on stderr.
     #[arg(long, env = "CLAIRON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// OpenTelemetry collector receiving traces over OTLP/HTTP with protobuf bodies, e.g.
+    /// `http://otel-collector:4318` (`/v1/traces` is appended unless given). Unset: no traces
+    /// are exported.
+    #[arg(long, env = "CLAIRON_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `service.name` of the exported traces. Default: `clairon-<services>`, e.g.
+    /// `clairon-notifications`, or `clairon-all` when all five run in the process.
+    #[arg(long, env = "CLAIRON_OTLP_SERVICE_NAME")]
+    pub otlp_service_name: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,6 +403,8 @@ mod tests {
             "CLAIRON_SMTP_URL",
             "CLAIRON_DATA_DIR",
             "CLAIRON_RETRY_MAX_ATTEMPTS",
+            "CLAIRON_OTLP_ENDPOINT",
+            "CLAIRON_OTLP_SERVICE_NAME",
         ] {
             assert!(vars.contains(&v.to_string()), "{v} missing");
         }

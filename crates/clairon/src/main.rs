@@ -3,6 +3,7 @@
 mod config;
 mod remote;
 mod serve;
+mod telemetry;
 
 use clap::Parser;
 use config::{Cli, Command, LogFormat};
@@ -14,11 +15,6 @@ fn main() -> std::process::ExitCode {
     }
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(Box::new(cli.serve)));
-    match &command {
-        Command::Serve(s) => init_tracing(&s.common.log, s.common.log_format),
-        Command::Token(t) => init_tracing(&t.common.log, t.common.log_format),
-        Command::Kafka(config::KafkaCommand::Init(k)) => init_tracing(&k.log, LogFormat::Text),
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -29,6 +25,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let (log, format, otlp) = match &command {
+        Command::Serve(s) => (&s.common.log, s.common.log_format, telemetry::Otlp::of(s)),
+        Command::Token(t) => (&t.common.log, t.common.log_format, None),
+        Command::Kafka(config::KafkaCommand::Init(k)) => (&k.log, LogFormat::Text, None),
+    };
+    let tracer = match telemetry::init(log, format, otlp, runtime.handle()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("clairon: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let result = runtime.block_on(async move {
         match command {
             Command::Serve(args) => serve::run(*args).await,
@@ -36,26 +44,19 @@ fn main() -> std::process::ExitCode {
             Command::Kafka(config::KafkaCommand::Init(args)) => serve::kafka_init(args).await,
         }
     });
-    match result {
+    let code = match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "clairon stopped on an error");
             eprintln!("clairon: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    };
+    // While the runtime still runs: the exporter's requests are made on it.
+    if let Some(tracer) = tracer {
+        telemetry::shutdown(tracer);
     }
-}
-
-fn init_tracing(log: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    code
 }
 
 fn token(args: config::TokenArgs) -> anyhow::Result<()> {

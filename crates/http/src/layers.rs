@@ -1,5 +1,6 @@
 //! Layers every listener gets: body size limit (413), request metrics, tracing
-//! spans, and problem+json for unknown routes and framework rejections.
+//! spans (see [`crate::trace`]), and problem+json for unknown routes and
+//! framework rejections.
 
 use axum::{
     extract::{DefaultBodyLimit, Request},
@@ -23,13 +24,18 @@ pub fn apply(service: &'static str, router: Router) -> Router {
                 vec![],
             )
         })
-        .layer(middleware::map_response(problemize))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        // Outside the limit layer, so its plain-text 413 becomes problem+json too.
+        .layer(middleware::map_response(problemize))
         .layer(middleware::from_fn(
             move |req: Request, next: middleware::Next| crate::metrics::track(service, req, next),
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(move |req: &Request| crate::trace::request_span(service, req))
+                .on_response(crate::trace::record_response),
+        )
 }
 
 /// Turns plain-text error responses from the framework (413 from the body

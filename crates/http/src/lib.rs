@@ -7,6 +7,7 @@ pub mod layers;
 pub mod metrics;
 pub mod paging;
 pub mod problem;
+pub mod trace;
 
 use std::sync::Arc;
 

@@ -125,6 +125,9 @@ pub struct NewNotification {
     pub message: String,
     pub recipient: Option<String>,
     pub created_at: Timestamp,
+    /// W3C trace context of the event that asked for it, for the status events
+    /// it causes when no traced span is open.
+    pub traceparent: Option<String>,
 }
 
 pub enum Inserted {
@@ -201,6 +204,12 @@ pub async fn insert_pending(db: &Database, n: &NewNotification) -> anyhow::Resul
     }
 }
 
+/// The trace context of a status event: the current span's (the handling of
+/// the record), else the triggering event's.
+fn status_traceparent(n: &NewNotification) -> Option<String> {
+    clairon_http::trace::current_traceparent().or_else(|| n.traceparent.clone())
+}
+
 /// Records a delivery outcome and its status event in one transaction.
 #[allow(clippy::too_many_arguments)]
 pub async fn record_outcome(
@@ -216,13 +225,16 @@ pub async fn record_outcome(
     let mut tx = db.pool.begin().await?;
     sqlx::query(
         "UPDATE notif_notifications SET status = ?, attempts = ?, last_error = ?, updated_at = ?, \
-         recipient = COALESCE(?, recipient) WHERE notification_id = ?",
+         recipient = COALESCE(?, recipient), delivered_at = COALESCE(?, delivered_at) WHERE notification_id = ?",
     )
     .bind(status.as_str())
     .bind(i64::from(attempt))
     .bind(reason)
     .bind(now_ms())
     .bind(recipient.map(|r| fit(r, RECIPIENT_CHARS)))
+    // EMAIL and SMS are delivered when the provider accepts them; PUSH when a
+    // socket of the user takes it (recorded by the web service).
+    .bind((status == NotificationStatus::Sent && n.kind != NotificationType::Push).then(now_ms))
     .bind(n.notification_id.to_string())
     .execute(&mut *tx)
     .await?;
@@ -237,7 +249,10 @@ pub async fn record_outcome(
         triggered_at: Some(n.created_at),
         timestamp: Timestamp::now(),
     };
-    outbox.enqueue(&mut tx, &Envelope::new(&ev, None)).await?;
+    let tp = status_traceparent(n);
+    outbox
+        .enqueue(&mut tx, &Envelope::new(&ev, tp.as_deref()))
+        .await?;
     tx.commit().await?;
     outbox.committed();
     metrics::counter!("clairon_notifications_total", "type" => n.kind.as_str(), "status" => status.as_str())
@@ -313,7 +328,10 @@ pub async fn dead_letter(
             triggered_at: Some(n.created_at),
             timestamp: Timestamp::now(),
         };
-        outbox.enqueue(&mut tx, &Envelope::new(&ev, None)).await?;
+        let tp = status_traceparent(n);
+        outbox
+            .enqueue(&mut tx, &Envelope::new(&ev, tp.as_deref()))
+            .await?;
         metrics::counter!("clairon_notifications_total", "type" => n.kind.as_str(), "status" => "DEAD").increment(1);
     }
     tx.commit().await?;

@@ -2,13 +2,14 @@
 
 use async_trait::async_trait;
 use clairon_bus::{
-    consumer::{HandleError, Handler},
+    consumer::{HandleError, Handler, SPAN_TARGET},
     Record,
 };
 use clairon_events::{
     decode, headers, EventType, NotificationStatus, NotificationTriggered, NotificationType,
     UserRegistered,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -24,6 +25,10 @@ pub fn welcome_id(user_id: Uuid) -> Uuid {
         &Uuid::NAMESPACE_OID,
         format!("clairon:welcome:{user_id}").as_bytes(),
     )
+}
+
+fn traceparent(r: &Record) -> Option<String> {
+    r.header(headers::TRACEPARENT).map(str::to_owned)
 }
 
 fn retry(e: anyhow::Error) -> HandleError {
@@ -47,6 +52,7 @@ impl Notifications {
                     message: ev.message,
                     recipient: ev.recipient,
                     created_at: ev.timestamp,
+                    traceparent: traceparent(r),
                 })
             }
             Some(EventType::UserRegistered) => {
@@ -62,6 +68,7 @@ impl Notifications {
                     ),
                     recipient: Some(ev.email),
                     created_at: ev.timestamp,
+                    traceparent: traceparent(r),
                 })
             }
             other => Err(HandleError::Reject(format!(
@@ -121,7 +128,37 @@ impl Notifications {
             recipient: recipient.clone(),
             created_at: n.created_at,
         };
-        let result = self.channels.for_type(n.kind).send(&out).await;
+        // The provider call, a child of the record's `handle` span.
+        let span = tracing::debug_span!(
+            target: SPAN_TARGET,
+            "send",
+            otel.name = %format!("send {}", n.kind.as_str()),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            clairon.notification_id = %n.notification_id,
+            clairon.channel = n.kind.as_str(),
+            clairon.attempt = attempt,
+            clairon.delivery = tracing::field::Empty,
+        );
+        let result = self
+            .channels
+            .for_type(n.kind)
+            .send(&out)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "clairon.delivery",
+            match &result {
+                Ok(Delivery::Sent) => "sent",
+                Ok(Delivery::Captured) => "captured",
+                Err(ChannelError::Transient(_)) => "transient_failure",
+                Err(ChannelError::Permanent(_)) => "permanent_failure",
+            },
+        );
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        drop(span);
         let (status, reason, err) = match result {
             Ok(Delivery::Sent) => (NotificationStatus::Sent, None, None),
             Ok(Delivery::Captured) => (NotificationStatus::Captured, None, None),

@@ -5,7 +5,8 @@ use clairon_events::{
     ActionType, Envelope, NotificationTriggered, NotificationType, Timestamp, UserActionPerformed,
 };
 use clairon_http::{
-    auth::Publisher as PublisherAuth, problem::Problem, ApiError, ApiJson, ApiResult, FieldError,
+    auth::Publisher as PublisherAuth, problem::Problem, trace::event_traceparent as traceparent,
+    ApiError, ApiJson, ApiResult, FieldError,
 };
 use clairon_store::{is_unique_violation, now_ms, text};
 use serde::{Deserialize, Serialize};
@@ -358,24 +359,4 @@ fn request_hash<T: Serialize>(kind: &str, req: &T) -> String {
     h.update(kind.as_bytes());
     h.update(serde_json::to_vec(req).unwrap_or_default());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The caller's W3C trace context when well-formed, else a new one, so every
-/// event can be followed from the request that caused it.
-pub(crate) fn traceparent(headers: &HeaderMap) -> String {
-    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        let parts: Vec<&str> = tp.split('-').collect();
-        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if parts.len() == 4
-            && hex(parts[0], 2)
-            && hex(parts[1], 32)
-            && hex(parts[2], 16)
-            && hex(parts[3], 2)
-        {
-            return tp.to_ascii_lowercase();
-        }
-    }
-    let trace: u128 = rand::random();
-    let span: u64 = rand::random();
-    format!("00-{trace:032x}-{span:016x}-01")
 }

@@ -28,6 +28,7 @@ both_backends!(
     concurrent_repeats_of_a_key_publish_once,
     values_at_their_limits_are_stored,
     long_principals_still_get_idempotency,
+    events_carry_the_requests_trace,
 );
 
 struct NoRevocations;
@@ -401,4 +402,75 @@ async fn long_principals_still_get_idempotency(backend: Backend) {
     assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
     assert_eq!(a1, a2);
     assert_eq!(f.published("notification-triggered").await.len(), 1);
+}
+
+/// The emitted event's `traceparent` continues the incoming request's trace:
+/// with tracing on, as a child of the request span; with it off, the caller's
+/// context as sent.
+async fn events_carry_the_requests_trace(backend: Backend) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let f = fixture(backend).await;
+    let admin = f.token(Role::Admin);
+    // The layers every listener gets, request span included.
+    let app = clairon_http::layers::apply("events", f.router.clone());
+    let send = |app: Router, path: &'static str, body: Value| {
+        let req = Request::post(path)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {admin}"))
+            .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        async move { app.oneshot(req).await.unwrap().status() }
+    };
+    let trace_of = |r: &clairon_bus::Record| {
+        let tp = r.header(headers::TRACEPARENT).unwrap().to_owned();
+        let parts: Vec<String> = tp.split('-').map(str::to_owned).collect();
+        assert_eq!(parts.len(), 4, "{tp}");
+        (parts[1].clone(), parts[2].clone())
+    };
+
+    // Tracing off (no OpenTelemetry layer): the caller's context, unchanged.
+    let s = send(app.clone(), "/api/events/notifications", sample()).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let recs = f.published("notification-triggered").await;
+    assert_eq!(trace_of(&recs[0]), (TRACE.to_owned(), PARENT.to_owned()));
+
+    // Tracing on: same trace, parent = the request's own span.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    // Keep two dispatchers registered: with one, tracing-core rates a call site
+    // that a concurrent test (no subscriber) reaches first by that thread's
+    // default alone, which disables it on every thread.
+    let _other = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let default = tracing::subscriber::set_default(subscriber);
+    let s = send(app.clone(), "/api/events/notifications", sample()).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let s = send(
+        app.clone(),
+        "/api/events/user-actions",
+        json!({"userId": uuid::Uuid::new_v4(), "actionType": "LOGIN", "actionDetails": "x"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    drop(default);
+    // Both events so far (partitions are read in any order): the one sent with
+    // tracing off names the caller's span, the other the request span.
+    let recs = f.published("notification-triggered").await;
+    assert_eq!(recs.len(), 2);
+    let ids: Vec<(String, String)> = recs.iter().map(trace_of).collect();
+    assert!(ids.iter().all(|(trace, _)| trace == TRACE), "{ids:?}");
+    assert_eq!(
+        ids.iter().filter(|(_, span)| span == PARENT).count(),
+        1,
+        "the traced event's parent is the request span: {ids:?}"
+    );
+    let recs = f.published("user-action-performed").await;
+    let (trace, span) = trace_of(&recs[0]);
+    assert_eq!(trace, TRACE);
+    assert_ne!(span, PARENT);
 }

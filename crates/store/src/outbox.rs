@@ -10,7 +10,7 @@
 //! publishes and deletes them before committing, so a row is published by one
 //! relay only and batches reach the bus in id order.
 
-use std::{borrow::Cow, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clairon_bus::{EventBus, Message};
@@ -100,11 +100,7 @@ impl Outbox {
         let t = &self.table;
         // Nothing committed: no transaction, so an idle relay never takes the
         // SQLite write lock.
-        let any: Option<i64> = sqlx::query_scalar(&format!("SELECT id FROM {t} LIMIT 1"))
-            .fetch_optional(&db.pool)
-            .await
-            .context("reading the outbox")?;
-        if any.is_none() {
+        if !self.measure(db).await? {
             return Ok(0);
         }
         let mut conn = db.pool.acquire().await.context("reading the outbox")?;
@@ -144,6 +140,10 @@ impl Outbox {
             });
         }
         // On failure the transaction rolls back when dropped: the rows stay.
+        let mut per_topic: BTreeMap<String, u64> = BTreeMap::new();
+        for m in &msgs {
+            *per_topic.entry(m.topic.clone()).or_default() += 1;
+        }
         bus.publish_all(msgs)
             .await
             .context("publishing outbox rows")?;
@@ -157,7 +157,40 @@ impl Outbox {
             .context("committing published outbox rows")?;
         metrics::counter!("clairon_outbox_published_total", "table" => self.table.clone())
             .increment(ids.len() as u64);
+        for (topic, n) in per_topic {
+            metrics::counter!("clairon_bus_published_total", "topic" => topic).increment(n);
+        }
         Ok(ids.len())
+    }
+
+    /// Sets `clairon_outbox_oldest_age_seconds` and `clairon_outbox_backlog`
+    /// for this table; returns whether it holds any row.
+    ///
+    /// Two primary-key look-ups, whatever the backlog: the oldest row is the
+    /// lowest id (ids and `created_at` both grow with insertion, and the relay
+    /// deletes in id order), and the backlog is the span of ids still present,
+    /// exact but for ids that rolled-back inserts skipped.
+    async fn measure(&self, db: &Database) -> anyhow::Result<bool> {
+        let t = &self.table;
+        let oldest = sqlx::query(&format!(
+            "SELECT id, created_at, (SELECT MAX(id) FROM {t}) FROM {t} ORDER BY id LIMIT 1"
+        ))
+        .fetch_optional(&db.pool)
+        .await
+        .context("reading the outbox")?;
+        let (age_ms, backlog) = match &oldest {
+            Some(row) => {
+                let first: i64 = row.try_get(0)?;
+                let created_at: i64 = row.try_get(1)?;
+                let last: i64 = row.try_get(2)?;
+                ((now_ms() - created_at).max(0), (last - first + 1).max(1))
+            }
+            None => (0, 0),
+        };
+        metrics::gauge!("clairon_outbox_oldest_age_seconds", "table" => t.clone())
+            .set(age_ms as f64 / 1000.0);
+        metrics::gauge!("clairon_outbox_backlog", "table" => t.clone()).set(backlog as f64);
+        Ok(oldest.is_some())
     }
 
     /// Publishes committed rows until `cancel` fires, then drains what it can.

@@ -18,6 +18,7 @@ both_backends!(
     text_columns_decode_on_both_backends,
     outbox_rows_reach_the_bus_only_when_committed,
     two_relays_publish_every_row_once_in_order,
+    outbox_gauges_follow_the_backlog,
 );
 
 async fn migrations_apply_once_per_service(backend: Backend) {
@@ -340,6 +341,60 @@ async fn outbox_rows_reach_the_bus_only_when_committed(backend: Backend) {
     let back: NotificationTriggered = serde_json::from_slice(&recs[0].payload).unwrap();
     assert_eq!(back, ev);
     assert_eq!(recs[0].key, ev.user_id.to_string());
+}
+
+async fn outbox_gauges_follow_the_backlog(backend: Backend) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    // Current-thread runtime: the relay records on this thread.
+    let _local = ::metrics::set_default_local_recorder(&recorder);
+    let value = |name: &str, label: &str| -> Option<f64> {
+        let prefix = format!("{name}{{{label}}} ");
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(|v| v.parse().unwrap()))
+    };
+    let db = fresh_database(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(&dir.path().join("bus.db"), 2)
+        .await
+        .unwrap();
+    let outbox = outbox::Outbox::new("g_outbox");
+    migrate(&db, "g", &[outbox.migration(1)]).await.unwrap();
+    assert_eq!(outbox.relay_once(&db, &bus).await.unwrap(), 0);
+    let table = r#"table="g_outbox""#;
+    assert_eq!(value("clairon_outbox_backlog", table), Some(0.0));
+    assert_eq!(value("clairon_outbox_oldest_age_seconds", table), Some(0.0));
+
+    let mut tx = db.pool.begin().await.unwrap();
+    for _ in 0..3 {
+        outbox
+            .enqueue(&mut tx, &Envelope::new(&triggered(), None))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    // The oldest row has waited a minute.
+    sqlx::query("UPDATE g_outbox SET created_at = created_at - 60000 WHERE id = (SELECT MIN(id) FROM (SELECT id FROM g_outbox) x)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // The pass measures what it found, then publishes it.
+    assert_eq!(outbox.relay_once(&db, &bus).await.unwrap(), 3);
+    assert_eq!(value("clairon_outbox_backlog", table), Some(3.0));
+    let age = value("clairon_outbox_oldest_age_seconds", table).unwrap();
+    assert!((59.0..120.0).contains(&age), "{age}");
+    assert_eq!(
+        value(
+            "clairon_bus_published_total",
+            r#"topic="notification-triggered""#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(outbox.relay_once(&db, &bus).await.unwrap(), 0);
+    assert_eq!(value("clairon_outbox_backlog", table), Some(0.0));
+    assert_eq!(value("clairon_outbox_oldest_age_seconds", table), Some(0.0));
 }
 
 /// A bus whose next `publish_all`, once armed, says it started and then waits

@@ -174,12 +174,10 @@ pub(crate) struct ListParams {
     cursor: Option<String>,
 }
 
-/// The W3C trace context of the request, carried into the events it causes.
-fn traceparent(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+/// The W3C trace context carried into the events the request causes: the
+/// request span's when traced, else the caller's well-formed one, else a new trace.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    Some(clairon_http::trace::event_traceparent(headers))
 }
 
 fn registration(body: RegisterRequest) -> ApiResult<NewUser> {
@@ -280,7 +278,7 @@ async fn register(
 ) -> ApiResult<(StatusCode, ApiJson<User>)> {
     let new = registration(body)?;
     let account = users
-        .create_account(new, Role::User, traceparent(&headers))
+        .create_account(new, Role::User, traceparent(&headers).as_deref())
         .await?;
     Ok((StatusCode::CREATED, ApiJson(account.into())))
 }
@@ -319,7 +317,7 @@ async fn login(
             creds.user_id,
             ActionType::Login,
             "Logged in".into(),
-            traceparent(&headers),
+            traceparent(&headers).as_deref(),
         )
         .await?;
     let body = LoginResponse {
@@ -359,7 +357,7 @@ async fn logout(
                 user_id,
                 ActionType::Logout,
                 "Logged out".into(),
-                traceparent(&headers),
+                traceparent(&headers).as_deref(),
             )
             .await?;
     }
@@ -402,7 +400,7 @@ async fn update_me(
     let update = profile_update(body)?;
     let current = own_account(&users, &claims).await?;
     let account = users
-        .update_profile(current, update, traceparent(&headers))
+        .update_profile(current, update, traceparent(&headers).as_deref())
         .await?;
     Ok(ApiJson(account.into()))
 }

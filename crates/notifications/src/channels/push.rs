@@ -29,10 +29,15 @@ impl Channel for PushChannel {
             message: msg.message.clone(),
             created_at: msg.created_at,
         };
+        // The web replicas handle it as a child of this send.
+        let tp = clairon_http::trace::current_traceparent();
+        let env = Envelope::new(&ev, tp.as_deref());
+        let topic = env.topic.clone();
         self.bus
-            .publish(Envelope::new(&ev, None))
+            .publish(env)
             .await
-            .map(|_| Delivery::Sent)
-            .map_err(|e| ChannelError::Transient(format!("push fan-out unavailable: {e}")))
+            .map_err(|e| ChannelError::Transient(format!("push fan-out unavailable: {e}")))?;
+        metrics::counter!("clairon_bus_published_total", "topic" => topic).increment(1);
+        Ok(Delivery::Sent)
     }
 }

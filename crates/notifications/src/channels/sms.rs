@@ -47,6 +47,10 @@ impl Channel for SmsChannel {
         if let Some(t) = &self.settings.token {
             req = req.bearer_auth(t);
         }
+        // The gateway's own spans, if it traces, continue this send.
+        if let Some(tp) = clairon_http::trace::current_traceparent() {
+            req = req.header("traceparent", tp);
+        }
         let res = req
             .send()
             .await

@@ -8,7 +8,7 @@ use clairon_events::topics;
 use serde_json::json;
 
 use super::cluster::{Cluster, ClusterOptions};
-use crate::{helpers::TIMEOUT, sms::SmsSink};
+use crate::sms::SmsSink;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_records_on_every_consumed_topic_are_dead_lettered_and_flow_continues() {

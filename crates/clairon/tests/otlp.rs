@@ -1,0 +1,223 @@
+//! With `CLAIRON_OTLP_ENDPOINT` set, the binary exports its spans over
+//! OTLP/HTTP: one notification's request, its handling off the bus and its
+//! send all arrive in the caller's trace, flushed at graceful shutdown.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{body::Bytes, http::HeaderMap, routing::post, Router};
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const SECRET: &str = "an-otlp-test-secret-of-at-least-32-bytes";
+
+/// What the test collector received: content type and body of each POST /v1/traces.
+type Received = Arc<Mutex<Vec<(String, Bytes)>>>;
+
+async fn collector() -> (String, Received) {
+    let received: Received = Arc::default();
+    let r = received.clone();
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move |headers: HeaderMap, body: Bytes| async move {
+            let ct = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            r.lock().unwrap().push((ct, body));
+            // An empty ExportTraceServiceResponse.
+            ([("content-type", "application/x-protobuf")], Bytes::new())
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), received)
+}
+
+/// The binary with a clean environment of its own.
+fn clairon(data: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clairon"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CLAIRON_") || k.starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("CLAIRON_DATA_DIR", data)
+        .env("CLAIRON_JWT_SECRET", SECRET)
+        .env("CLAIRON_LOG", "info,sqlx=warn");
+    cmd
+}
+
+/// Ends the server if the test fails midway.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (endpoint, received) = collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+
+    let token = clairon(dir.path())
+        .args(["token", "--subject", "otlp-test", "--role", "ADMIN"])
+        .output()
+        .unwrap();
+    assert!(token.status.success(), "{token:?}");
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+
+    let mut cmd = clairon(dir.path());
+    cmd.env("CLAIRON_OTLP_ENDPOINT", &endpoint)
+        .env("CLAIRON_OTLP_SERVICE_NAME", "clairon-otlp-test")
+        // Nothing leaves on the timer: what arrives was sent by the shutdown flush.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .env("CLAIRON_SHUTDOWN_GRACE_SECS", "10");
+    for var in ["USERS", "NOTIFICATIONS", "EVENTS", "LOGS", "WEB"] {
+        cmd.env(format!("CLAIRON_{var}_ADDR"), "127.0.0.1:0");
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut server = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let log = || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+
+    // Wait for the addresses of the event publisher and the notification service.
+    let (mut events, mut notifications) = (None, None);
+    while events.is_none() || notifications.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("the server did not start:\n{}", log()));
+        if let Some(url) = line.strip_prefix("clairon: events listening on ") {
+            events = Some(url.to_owned());
+        }
+        if let Some(url) = line.strip_prefix("clairon: notifications listening on ") {
+            notifications = Some(url.to_owned());
+        }
+    }
+    let (events, notifications) = (events.unwrap(), notifications.unwrap());
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!(
+            "{events}/api/events/notifications?token=secret-in-the-query"
+        ))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({
+            "userId": "0190a8a0-0000-7000-8000-000000000001",
+            "type": "EMAIL",
+            "title": "Traced",
+            "message": "Follow me",
+            "recipient": "someone@example.com",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+
+    let id = res.json::<serde_json::Value>().await.unwrap()["notificationId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Handled once the notification is stored as CAPTURED (no SMTP server configured).
+    loop {
+        let res = http
+            .get(format!("{notifications}/api/notifications/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            let body: serde_json::Value = res.json().await.unwrap();
+            if body["status"] == "CAPTURED" {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the notification was not handled:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "exported before shutdown"
+    );
+
+    // Graceful shutdown flushes the buffered spans.
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}\n{}", log());
+
+    let received = received.lock().unwrap().clone();
+    assert!(!received.is_empty(), "no spans arrived:\n{}", log());
+    assert!(received
+        .iter()
+        .all(|(ct, _)| ct == "application/x-protobuf"));
+    let all: Vec<u8> = received.iter().flat_map(|(_, b)| b.to_vec()).collect();
+    for name in [
+        "clairon-otlp-test",
+        "POST /api/events/notifications",
+        "handle notification-triggered",
+        "send EMAIL",
+    ] {
+        assert!(contains(&all, name.as_bytes()) > 0, "no `{name}` exported");
+    }
+    assert_eq!(
+        contains(&all, b"secret-in-the-query"),
+        0,
+        "the query string was exported"
+    );
+    // Request, handling and send (and more: audit, status event) share the caller's trace id.
+    let trace: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&TRACE[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert!(
+        contains(&all, &trace) >= 3,
+        "the spans are not in the caller's trace"
+    );
+}
