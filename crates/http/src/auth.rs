@@ -51,66 +51,49 @@ where
     }
 }
 
-/// An administrator.
-pub struct AdminOnly(pub Claims);
+/// Defines an extractor that admits only the given roles; the others get 403
+/// with `$message`.
+macro_rules! role_extractor {
+    ($(#[$doc:meta])* $name:ident, [$($role:ident),+], $message:literal) => {
+        $(#[$doc])*
+        pub struct $name(pub Claims);
 
-impl<S> FromRequestParts<S> for AdminOnly
-where
-    Arc<AuthContext>: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
+        impl<S> FromRequestParts<S> for $name
+        where
+            Arc<AuthContext>: FromRef<S>,
+            S: Send + Sync,
+        {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Authenticated(c) = Authenticated::from_request_parts(parts, state).await?;
-        if c.role != Role::Admin {
-            return Err(ApiError::Forbidden(
-                "This needs an administrator account.".into(),
-            ));
+            async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+                let Authenticated(c) = Authenticated::from_request_parts(parts, state).await?;
+                if !matches!(c.role, $(Role::$role)|+) {
+                    return Err(ApiError::Forbidden($message.into()));
+                }
+                Ok($name(c))
+            }
         }
-        Ok(AdminOnly(c))
-    }
+    };
 }
 
-/// An administrator or a service token: who may publish events.
-pub struct Publisher(pub Claims);
+role_extractor!(
+    /// An administrator.
+    AdminOnly,
+    [Admin],
+    "This needs an administrator account."
+);
 
-impl<S> FromRequestParts<S> for Publisher
-where
-    Arc<AuthContext>: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
+role_extractor!(
+    /// An administrator or a service token: who may publish events.
+    Publisher,
+    [Admin, Service],
+    "Publishing events needs an administrator or a service token."
+);
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Authenticated(c) = Authenticated::from_request_parts(parts, state).await?;
-        if !matches!(c.role, Role::Admin | Role::Service) {
-            return Err(ApiError::Forbidden(
-                "Publishing events needs an administrator or a service token.".into(),
-            ));
-        }
-        Ok(Publisher(c))
-    }
-}
-
-/// Another Clairon service (SERVICE token) or an administrator: for the
-/// internal look-ups one service makes of another in a distributed run.
-pub struct ServiceCaller(pub Claims);
-
-impl<S> FromRequestParts<S> for ServiceCaller
-where
-    Arc<AuthContext>: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Authenticated(c) = Authenticated::from_request_parts(parts, state).await?;
-        if !matches!(c.role, Role::Admin | Role::Service) {
-            return Err(ApiError::Forbidden(
-                "This is for Clairon services and administrators.".into(),
-            ));
-        }
-        Ok(ServiceCaller(c))
-    }
-}
+role_extractor!(
+    /// Another Clairon service (SERVICE token) or an administrator: for the
+    /// internal look-ups one service makes of another in a distributed run.
+    ServiceCaller,
+    [Admin, Service],
+    "This is for Clairon services and administrators."
+);

@@ -26,6 +26,21 @@ pub async fn load(c: &Cluster, user: Uuid, per_sec: u64, secs: u64) -> Vec<Uuid>
         .collect()
 }
 
+/// Every id reached the SMS provider exactly once (accepted answers counted).
+pub fn assert_sent_once(sms: &SmsSink, ids: &[Uuid]) {
+    for id in ids {
+        let accepted = sms
+            .requests_for(*id)
+            .iter()
+            .filter(|r| r.answered.is_success())
+            .count();
+        assert_eq!(
+            accepted, 1,
+            "notification {id} reached the SMS provider {accepted} times"
+        );
+    }
+}
+
 fn assert_delivered(sms: &SmsSink, ids: &[Uuid]) {
     for id in ids {
         assert!(

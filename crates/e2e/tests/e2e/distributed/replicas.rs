@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{
     cluster::{Cluster, ClusterOptions},
-    faults::load,
+    faults::{assert_sent_once, load},
 };
 use crate::sms::SmsSink;
 
@@ -44,15 +44,5 @@ async fn two_replicas_and_a_rebalance_mid_load_send_each_notification_once() {
         "{:?}",
         by.keys()
     );
-    for id in &ids {
-        let accepted = sms
-            .requests_for(*id)
-            .iter()
-            .filter(|r| r.answered.is_success())
-            .count();
-        assert_eq!(
-            accepted, 1,
-            "notification {id} reached the SMS provider {accepted} times"
-        );
-    }
+    assert_sent_once(&sms, &ids);
 }

@@ -11,7 +11,10 @@ use std::{
 use serde_json::json;
 use uuid::Uuid;
 
-use super::cluster::{Cluster, ClusterOptions};
+use super::{
+    cluster::{Cluster, ClusterOptions},
+    faults::assert_sent_once,
+};
 use crate::sms::SmsSink;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,15 +90,5 @@ async fn restarting_every_process_in_turn_under_load_loses_nothing() {
         "{:?}",
         by.keys()
     );
-    for id in &ids {
-        let accepted = sms
-            .requests_for(*id)
-            .iter()
-            .filter(|r| r.answered.is_success())
-            .count();
-        assert_eq!(
-            accepted, 1,
-            "notification {id} reached the SMS provider {accepted} times"
-        );
-    }
+    assert_sent_once(&sms, &ids);
 }
