@@ -231,3 +231,64 @@ async fn a_replayed_dead_letter_is_delivered_once_the_provider_recovers() {
         "a dead letter is replayed once"
     );
 }
+
+/// A record nobody can parse, written straight into the embedded event log by
+/// another process (as a producer with a bug would): dead-lettered with its
+/// reason, and the user's next notification is still delivered.
+#[tokio::test]
+async fn an_unparseable_record_on_the_log_is_dead_lettered_and_the_consumer_keeps_going() {
+    use clairon_bus::{embedded::EmbeddedBus, EventBus, Message};
+
+    let sink = SmsSink::start().await;
+    let app = TestApp::spawn(Options::new().sms(&sink)).await;
+    let user = app.register_user().await;
+    let bus = EmbeddedBus::open(&app.data_dir().join("bus.db"), 8)
+        .await
+        .expect("opening the app's event log");
+    bus.publish(Message {
+        topic: clairon_events::topics::NOTIFICATION_TRIGGERED.to_owned(),
+        key: user.id.to_string(),
+        headers: vec![],
+        payload: b"{\"this is\": not json".to_vec(),
+    })
+    .await
+    .expect("appending a poison record");
+
+    let id = app
+        .trigger_notification(&sms_to(&user, &unique_phone(), "after the poison"))
+        .await;
+    sink.wait_for(id).await;
+
+    let poison = eventually(
+        "the poison record in the dead-letter list",
+        TIMEOUT,
+        async || {
+            let (status, page) = app
+                .get_as_admin(
+                    Svc::Notifications,
+                    "/api/notifications/dead-letters?limit=200",
+                )
+                .await;
+            if status != StatusCode::OK {
+                return Err(format!("{status}: {page}"));
+            }
+            items(&page)
+                .iter()
+                .find(|d| {
+                    d["payload"]
+                        .as_str()
+                        .is_some_and(|p| p.contains("not json"))
+                })
+                .cloned()
+                .ok_or_else(|| page.to_string())
+        },
+    )
+    .await;
+    assert!(
+        poison["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("invalid")),
+        "the reason is kept: {poison}"
+    );
+    assert!(poison["notificationId"].is_null());
+}

@@ -243,6 +243,11 @@ impl TestApp {
         app
     }
 
+    /// The data folder of the running app (its SQLite files and event log).
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
     fn stderr_log(&self) -> PathBuf {
         self.root.path().join("clairon.stderr.log")
     }
