@@ -53,6 +53,10 @@ pub struct Notifications {
     auth: Arc<AuthContext>,
     channels: Channels,
     directory: Arc<dyn UserDirectory>,
+    /// Notifications being delivered right now in this process: a second
+    /// delivery of the same one (say its retry copy and a redelivery of the
+    /// original) waits for another round instead of sending in parallel.
+    in_flight: std::sync::Mutex<std::collections::HashSet<Uuid>>,
 }
 
 #[derive(Clone, FromRef)]
@@ -78,6 +82,7 @@ impl Notifications {
             auth: deps.auth.clone(),
             channels,
             directory,
+            in_flight: Default::default(),
         });
         deps.tasks.spawn(
             svc.outbox

@@ -106,6 +106,12 @@ impl Notifications {
     }
 
     async fn deliver(&self, n: &NewNotification, attempt: u32) -> Result<(), HandleError> {
+        let Some(_claim) = InFlight::claim(self, n.notification_id) else {
+            return Err(HandleError::Retry(format!(
+                "notification {} is being delivered by another handler",
+                n.notification_id
+            )));
+        };
         let stored_recipient = match repo::insert_pending(&self.db, n).await.map_err(retry)? {
             Inserted::New => None,
             Inserted::Existing(status, _) if status.is_final() => {
@@ -196,6 +202,32 @@ impl Notifications {
                 tracing::info!(notification_id = %n.notification_id, %attempt, error = %e, "delivery failed");
                 Err(e)
             }
+        }
+    }
+}
+
+/// Marks a notification as being delivered until dropped.
+struct InFlight<'a> {
+    svc: &'a Notifications,
+    id: Uuid,
+}
+
+impl<'a> InFlight<'a> {
+    fn claim(svc: &'a Notifications, id: Uuid) -> Option<Self> {
+        // Build the guard only after the lock is released: its Drop takes the lock.
+        let claimed = svc.in_flight.lock().ok()?.insert(id);
+        if claimed {
+            Some(InFlight { svc, id })
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.svc.in_flight.lock() {
+            set.remove(&self.id);
         }
     }
 }
