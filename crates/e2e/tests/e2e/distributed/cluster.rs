@@ -588,6 +588,37 @@ impl Cluster {
     }
 }
 
+/// Sends PUSH notifications titled `title` until one arrives live on `socket`
+/// (a web replica reads pushes from the end of the log once it has joined its
+/// group; before that they wait in the inbox for the next connection).
+/// Returns the frame that arrived.
+pub async fn push_until_live(
+    c: &Cluster,
+    socket: &mut crate::ws::Socket,
+    user: Uuid,
+    title: &str,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(Instant::now() < deadline, "no live push within 90 s");
+        let push = c
+            .try_trigger(&json!({"userId": user, "type": "PUSH", "title": title, "message": "m"}))
+            .await
+            .expect("the push was accepted");
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Some(frame) = crate::ws::next_json(
+            socket,
+            until.saturating_duration_since(tokio::time::Instant::now()),
+        )
+        .await
+        {
+            if frame["notificationId"] == push.to_string() {
+                return frame;
+            }
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let names = self.names();

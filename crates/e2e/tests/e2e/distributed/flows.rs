@@ -6,7 +6,7 @@ use serde_json::json;
 use tokio_tungstenite::{connect_async, tungstenite::client::IntoClientRequest};
 
 use super::cluster::{Cluster, ClusterOptions};
-use crate::{helpers::TIMEOUT, sms::SmsSink, smtp::SmtpSink, ws};
+use crate::{helpers::TIMEOUT, sms::SmsSink, smtp::SmtpSink};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registration_email_sms_push_and_audit_work_across_five_processes() {
@@ -46,13 +46,7 @@ async fn registration_email_sms_push_and_audit_work_across_five_processes() {
         .into_client_request()
         .expect("a request");
     let (mut socket, _) = connect_async(req).await.expect("the WebSocket opens");
-    let push_id = c
-        .try_trigger(
-            &json!({"userId": user.id, "type": "PUSH", "title": "Live", "message": "from afar"}),
-        )
-        .await
-        .expect("the push was accepted");
-    let (frame, _) = ws::wait_for_push(&mut socket, push_id, TIMEOUT).await;
+    let frame = super::cluster::push_until_live(&c, &mut socket, user.id, "Live").await;
     assert_eq!(frame["title"], "Live");
 
     // The audit process saw the registration and the delivery outcomes.

@@ -8,6 +8,8 @@ use clairon_events::topics;
 use serde_json::json;
 
 use super::cluster::{Cluster, ClusterOptions};
+use tokio_tungstenite::{connect_async, tungstenite::client::IntoClientRequest};
+
 use crate::sms::SmsSink;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -22,6 +24,15 @@ async fn poison_records_on_every_consumed_topic_are_dead_lettered_and_flow_conti
     let mut settings = KafkaSettings::new(c.brokers.clone());
     settings.topic_prefix = c.prefix.clone();
     let bus = KafkaBus::connect(settings).expect("a Kafka client");
+
+    // The web replica reads pushes from the end of the log once it has joined:
+    // a push round trip proves it has, so the poison push below reaches it.
+    let host = c.web("").trim_start_matches("http://").to_owned();
+    let req = format!("ws://{host}/ws?token={}", user.token)
+        .into_client_request()
+        .expect("a request");
+    let (mut socket, _) = connect_async(req).await.expect("the WebSocket opens");
+    super::cluster::push_until_live(&c, &mut socket, user.id, "warm-up").await;
 
     // Same key as the user's real traffic, so a stall would block what follows.
     for topic in [
