@@ -267,6 +267,9 @@ function matchesFilters(p, status) {
   return (!f.userId || f.userId === p.userId) && (!f.type || f.type === p.type) && (!f.status || f.status === status);
 }
 
+/** Statuses of notifications whose trigger event has not been seen yet. */
+const earlyStatus = new Map();
+
 function onAdminEvent(f) {
   if (f.type !== 'EVENT' || f.deadLetter) return;
   const p = f.payload || {};
@@ -274,13 +277,21 @@ function onAdminEvent(f) {
     admin.users.set(p.userId, { userId: p.userId, email: p.email, firstName: p.firstName, lastName: p.lastName });
     fillUserPickers();
   } else if (f.eventType === 'NotificationTriggered' && p.notificationId) {
-    if (!admin.rows.has(p.notificationId) && matchesFilters(p, 'PENDING')) {
-      $('#list-body').prepend(...row({ ...p, createdAt: p.timestamp, status: 'PENDING', attempts: 0 }));
+    // Status events travel on another topic and may arrive first: use the latest one seen.
+    const seen = earlyStatus.get(p.notificationId);
+    earlyStatus.delete(p.notificationId);
+    const status = seen ? seen.status : 'PENDING';
+    if (!admin.rows.has(p.notificationId) && matchesFilters(p, status)) {
+      $('#list-body').prepend(...row({ ...p, createdAt: p.timestamp, status, attempts: seen ? seen.attempt : 0 }));
       formStatus($('#list-status'), '', '');
     }
   } else if (f.eventType === 'NotificationStatusChanged' && p.notificationId) {
     const r = admin.rows.get(p.notificationId);
-    if (!r) return;
+    if (!r) {
+      earlyStatus.set(p.notificationId, { status: p.status, attempt: p.attempt });
+      if (earlyStatus.size > 1000) earlyStatus.delete(earlyStatus.keys().next().value);
+      return;
+    }
     r.tr.querySelector('[data-cell="status"]').replaceChildren(badge(p.status));
     r.tr.querySelector('[data-cell="attempts"]').textContent = String(p.attempt ?? '');
     if (r.toggle.getAttribute('aria-expanded') === 'true') loadHistory(p.notificationId, r.detail);
