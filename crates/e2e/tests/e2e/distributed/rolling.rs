@@ -23,6 +23,10 @@ async fn restarting_every_process_in_turn_under_load_loses_nothing() {
     let c = Cluster::start(ClusterOptions {
         sms_url: Some(sms.url()),
         replicas: 2,
+        // Each notification replica looks contacts up in one users process (a
+        // Service would balance in a cluster): the retries must outlast that
+        // process's restart (~9 s of backoff in all).
+        max_attempts: 8,
         ..Default::default()
     })
     .await;
