@@ -23,7 +23,7 @@
 #   CLAIRON_INFRA_TIMEOUT          seconds to wait for a server to start (default 120)
 #   CLAIRON_INFRA_STOP_TIMEOUT     seconds to wait for a clean stop before SIGKILL (default 60)
 #   JAVA_HOME                      Java 17+ to run Kafka with (default: `java` on PATH)
-#   KAFKA_HEAP_OPTS                default "-Xms256m -Xmx512m"
+#   KAFKA_HEAP_OPTS                default "-Xmx1G -Xms1G", as bin/kafka-server-start.sh
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -329,6 +329,17 @@ logger.requestchannel.name = kafka.network.RequestChannel$
 logger.requestchannel.level = WARN
 logger.authorizer.name = kafka.authorizer.logger
 logger.authorizer.level = WARN
+# One line per partition created, replayed or loaded: tests create thousands.
+logger.replication.name = org.apache.kafka.controller.ReplicationControlManager
+logger.replication.level = WARN
+logger.configuration.name = org.apache.kafka.controller.ConfigurationControlManager
+logger.configuration.level = WARN
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+logger.log.name = org.apache.kafka.storage.internals.log
+logger.log.level = WARN
+logger.unifiedlog.name = kafka.log
+logger.unifiedlog.level = WARN
 EOF
   cat >"${KAFKA_CONF}/tools-log4j2.properties" <<'EOF'
 # Written by scripts/infra.sh: for Kafka's command-line tools (config/tools-log4j2.yaml
@@ -407,7 +418,8 @@ kafka_start() {
   : >"${KAFKA_LOGS}/kafka.out"
   log "starting Kafka $(kafka_version) on ${HOST}:${KAFKA_PORT} (controller ${KAFKA_CONTROLLER_PORT})"
   # As bin/kafka-server-start.sh does, with its JVM options.
-  read -r -a heap_opts <<<"${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
+  # 512 MiB ran out of heap once a few thousand partitions had piled up.
+  read -r -a heap_opts <<<"${KAFKA_HEAP_OPTS:--Xmx1G -Xms1G}"
   start_daemon "${KAFKA_PID}" "${KAFKA_LOGS}/kafka.out" \
     "${JAVA}" "${heap_opts[@]}" \
     -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \

@@ -15,13 +15,12 @@ use anyhow::Context;
 use async_trait::async_trait;
 use clairon_auth::AuthContext;
 use clairon_bus::{
-    consumer::{self, ConsumerSpec, HandleError, Handler, RetryPolicy},
+    consumer::{self, ConsumerSpec, HandleError, Handler},
     Record,
 };
 use clairon_events::topics;
 use clairon_http::ServiceDeps;
 use clairon_store::{is_unique_violation, Database, Migration};
-use tokio_util::sync::CancellationToken;
 
 /// Consumer group and migration namespace.
 const SERVICE: &str = "audit";
@@ -46,8 +45,6 @@ impl Audit {
         let spec = ConsumerSpec::new(SERVICE, &topic_refs, deps.retry.clone());
         let handler: Arc<dyn Handler> = Arc::new(Consumer {
             audit: audit.clone(),
-            policy: deps.retry.clone(),
-            cancel: deps.cancel.clone(),
         });
         let (bus, cancel) = (deps.bus.clone(), deps.cancel.clone());
         deps.tasks.spawn(async move {
@@ -118,35 +115,16 @@ fn consumed_topics() -> Vec<String> {
 
 struct Consumer {
     audit: Arc<Audit>,
-    policy: RetryPolicy,
-    cancel: CancellationToken,
 }
 
 #[async_trait]
 impl Handler for Consumer {
+    /// Only the database can fail here; anything else about a record is stored
+    /// as is. A failed dead letter is delivered again in place by the runner.
     async fn handle(&self, record: &Record) -> Result<(), HandleError> {
-        let mut attempt = 1;
-        loop {
-            // Only the database can fail here; anything else about a record is stored as is.
-            let err = match self.audit.record(record).await {
-                Ok(_) => return Ok(()),
-                Err(e) => e,
-            };
-            // A dead letter handed back to the bus would go to the main topic's
-            // retry topic or to the dead-letter topic again, and lose its place
-            // or loop; so a brief outage is waited out here first.
-            let retry_here = topics::is_dead_letter(&record.topic)
-                && attempt < self.policy.max_attempts
-                && !self.cancel.is_cancelled();
-            if !retry_here {
-                return Err(HandleError::Retry(format!("{err:#}")));
-            }
-            tracing::warn!(topic = %record.topic, offset = record.offset, error = %format!("{err:#}"), "storing a dead letter failed; retrying");
-            tokio::select! {
-                _ = self.cancel.cancelled() => {}
-                _ = tokio::time::sleep(self.policy.backoff(attempt)) => {}
-            }
-            attempt += 1;
+        match self.audit.record(record).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(HandleError::Retry(format!("{e:#}"))),
         }
     }
 }

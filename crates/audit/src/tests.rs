@@ -537,48 +537,80 @@ async fn the_consumer_stores_what_is_published(backend: Backend) {
         .expect("the consumer stops on cancel");
 }
 
+/// Through the shared runner: a dead letter that cannot be stored yet waits in
+/// its topic (never forwarded, so never filed under its original's position)
+/// and is stored once the database is back.
 async fn a_dead_letter_outlasts_a_brief_database_outage(backend: Backend) {
     let f = fixture(backend).await;
-    let consumer = Consumer {
-        audit: f.audit.clone(),
-        policy: RetryPolicy {
-            max_attempts: 4,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(100),
-        },
-        cancel: CancellationToken::new(),
-    };
+    let dir = tempfile::tempdir().unwrap();
+    let bus: Arc<dyn EventBus> = Arc::new(
+        EmbeddedBus::open(&dir.path().join("bus.db"), 1)
+            .await
+            .unwrap(),
+    );
     let pool = f.audit.db.pool.clone();
     sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_away")
         .execute(&pool)
         .await
         .unwrap();
-
-    // A main-topic record goes back to the bus at once: its retry topic serves it.
-    let main = rec("notification-push", 0, "u", &[], b"{}");
-    assert!(matches!(
-        consumer.handle(&main).await,
-        Err(HandleError::Retry(_))
-    ));
-
-    let restore = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        sqlx::query("ALTER TABLE audit_events_away RENAME TO audit_events")
-            .execute(&pool)
-            .await
-            .unwrap();
-    });
-    let dead = rec(
-        "notification-push-dlt",
-        0,
-        "u",
-        &[(headers::ERROR, "gone")],
-        b"{}",
+    let cancel = CancellationToken::new();
+    let spec = ConsumerSpec::new(
+        CONSUMER_GROUP,
+        &["notification-push-dlt"],
+        RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+        },
     );
-    consumer.handle(&dead).await.unwrap();
-    restore.await.unwrap();
-    let (_, body) = get(&f.app, "/api/logs", Some(&f.admin)).await;
-    assert_eq!(body["items"][0]["topic"], "notification-push-dlt");
+    let handler: Arc<dyn Handler> = Arc::new(Consumer {
+        audit: f.audit.clone(),
+    });
+    let runner = tokio::spawn(consumer::run(bus.clone(), spec, handler, cancel.clone()));
+    bus.publish(Message {
+        topic: "notification-push-dlt".into(),
+        key: "u".into(),
+        headers: vec![
+            (headers::ERROR.to_owned(), "gone".to_owned()),
+            (
+                headers::ORIGINAL_TOPIC.to_owned(),
+                "notification-push".to_owned(),
+            ),
+        ],
+        payload: b"{}".to_vec(),
+    })
+    .await
+    .unwrap();
+    // Longer than the runner's whole retry budget would last.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sqlx::query("ALTER TABLE audit_events_away RENAME TO audit_events")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let items = loop {
+        let (_, body) = get(&f.app, "/api/logs", Some(&f.admin)).await;
+        let items = body["items"].as_array().cloned().unwrap_or_default();
+        if !items.is_empty() || tokio::time::Instant::now() > deadline {
+            break items;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["topic"], "notification-push-dlt");
+    assert_eq!(items[0]["deadLetter"], true);
+    cancel.cancel();
+    runner.await.unwrap().unwrap();
+    // Nothing went to a retry or dead-letter topic.
+    let overview = bus.describe().await.unwrap();
+    let written: Vec<&str> = overview
+        .topics
+        .iter()
+        .filter(|t| t.end_offsets.iter().any(|&o| o > 0))
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(written, ["notification-push-dlt"]);
 }
 
 /// Every value is cut to its column, so MySQL in strict mode stores what

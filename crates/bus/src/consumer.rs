@@ -11,6 +11,10 @@
 //! [`HandleError::Reject`] (e.g. an unparseable payload), the record goes to
 //! `<topic>-dlt` with the reason, and the consumer moves on.
 //!
+//! A group may read dead-letter topics too (the audit does). There the record is
+//! never forwarded: a `Retry` failure is delivered again after a pause, in
+//! place, and a `Reject` is logged and skipped, the record staying in its topic.
+//!
 //! Each record is handled inside a span `handle <topic>` whose parent is the
 //! producer's span named by the record's `traceparent` header, so one trace
 //! follows an event from the request that caused it to every consumer.
@@ -196,14 +200,20 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut loops = Vec::new();
     for level in 0..spec.policy.max_attempts.max(1) {
+        // A record read from a dead-letter topic is retried in place, never
+        // forwarded: dead-letter topics have no retry levels.
         let topics: Vec<String> = if level == 0 {
             spec.topics.clone()
         } else {
             spec.topics
                 .iter()
+                .filter(|t| !topics::is_dead_letter(t))
                 .map(|t| topics::retry(t, &spec.group, level))
                 .collect()
         };
+        if topics.is_empty() {
+            break;
+        }
         loops.push(tokio::spawn(level_loop(
             bus.clone(),
             spec.clone(),
@@ -312,8 +322,9 @@ async fn pause(cancel: &CancellationToken, failures: &mut u32) {
 struct PartitionOutcome {
     /// First offset not yet handled, to commit.
     next: Option<u64>,
-    /// Set when handling stopped before the end of the batch (shutdown, or the bus
-    /// could not take a retry or dead-letter record): the rest is delivered again.
+    /// Set when handling stopped before the end of the batch (shutdown, the bus
+    /// could not take a retry or dead-letter record, or a dead letter could not
+    /// be handled yet): the rest is delivered again.
     stopped_at: Option<u64>,
 }
 
@@ -343,6 +354,17 @@ async fn handle_partition(
         let outcome = async {
             match handler.handle(r).await {
                 Ok(()) => Ok("handled"),
+                // The end of the line: forwarding a dead letter would file it under
+                // its original topic's retries or loop it through the dead-letter
+                // topic again. A passing failure is waited out, a rejection leaves
+                // the record where it is, in the dead-letter topic.
+                Err(HandleError::Retry(reason)) if topics::is_dead_letter(&r.topic) => {
+                    Err(BusError::Other(format!("handling a dead letter failed: {reason}")))
+                }
+                Err(HandleError::Reject(reason)) if topics::is_dead_letter(&r.topic) => {
+                    tracing::error!(topic = %r.topic, partition = r.partition, offset = r.offset, %reason, "a dead letter was rejected; it stays in its topic and is skipped");
+                    Ok("skipped")
+                }
                 Err(HandleError::Retry(reason)) if r.attempt() < policy.max_attempts => {
                     forward(bus, r, group, Some(policy), &reason)
                         .await
@@ -376,7 +398,7 @@ async fn handle_partition(
             Err(e) => {
                 span.record("clairon.outcome", "redeliver");
                 span.record("otel.status_code", "ERROR");
-                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %e, "could not forward a failed record; it will be delivered again");
+                tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %e, "a failed record was not forwarded; it will be delivered again");
                 return PartitionOutcome {
                     next,
                     stopped_at: Some(r.offset),

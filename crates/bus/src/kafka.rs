@@ -14,6 +14,7 @@
 //! partitions as the topic it serves.
 
 mod subscription;
+pub mod testing;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -213,7 +214,8 @@ impl KafkaBus {
     /// Creates the topics (with prefix) idempotently through the admin API:
     /// every main topic in [`topics::ALL`] and those the groups read, each
     /// one's `-dlt`, and the retry topics `topics::retry(t, group, n)` for n in
-    /// `1..max_attempts` — retry and dead-letter topics with their source's
+    /// `1..max_attempts` (none of these for a dead-letter topic a group reads:
+    /// the runner never forwards from one) — retry and dead-letter topics with their source's
     /// partition count. A topic that already exists is left as it is. Returns
     /// the (bare) names of the topics this call created.
     pub async fn init_topics(
@@ -234,6 +236,10 @@ impl KafkaBus {
         for (group, group_topics) in groups {
             for t in *group_topics {
                 add((*t).to_owned());
+                // A group reading a dead-letter topic never forwards from it.
+                if topics::is_dead_letter(t) {
+                    continue;
+                }
                 add(topics::dead_letter(t));
                 for n in 1..max_attempts {
                     add(topics::retry(t, group, n));

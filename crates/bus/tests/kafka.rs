@@ -17,36 +17,19 @@ use std::{
 use async_trait::async_trait;
 use clairon_bus::{
     consumer::{self, ConsumerSpec, HandleError, Handler, RetryPolicy},
-    kafka::{KafkaBus, KafkaSettings},
+    kafka::{
+        testing::{self, TestTopics},
+        KafkaBus, KafkaSettings,
+    },
     BusError, EventBus, Message, Record, StartFrom, Subscription,
 };
 use clairon_events::{headers, topics};
-use rdkafka::{
-    admin::{AdminClient, AdminOptions},
-    client::DefaultClientContext,
-    consumer::{BaseConsumer, Consumer},
-    ClientConfig,
-};
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
-const BROKERS_ENV: &str = "CLAIRON_TEST_KAFKA_BROKERS";
-
-fn brokers() -> String {
-    match std::env::var(BROKERS_ENV) {
-        Ok(b) if !b.trim().is_empty() => b,
-        _ => panic!(
-            "{BROKERS_ENV} is not set: the Kafka engine tests need a real broker. \
-             Start one from the repository root with `eval \"$(scripts/infra.sh up)\"` \
-             (scripts/infra.sh up exports {BROKERS_ENV}) and run the tests again."
-        ),
-    }
-}
-
-/// A test's own corner of the cluster.
+/// A test's own corner of the cluster; its topics and groups go with it.
 struct Env {
-    brokers: String,
-    prefix: String,
+    topics: TestTopics,
 }
 
 impl Env {
@@ -59,70 +42,22 @@ impl Env {
             )
             .with_test_writer()
             .try_init();
-        let brokers = brokers();
-        let prefix = format!("t-{}-", uuid::Uuid::new_v4().simple());
-        eprintln!("topic prefix {prefix}");
-        Env { brokers, prefix }
+        Env {
+            topics: TestTopics::new(),
+        }
     }
 
     fn settings(&self, partitions: i32) -> KafkaSettings {
         KafkaSettings {
-            topic_prefix: self.prefix.clone(),
+            topic_prefix: self.topics.prefix.clone(),
             client_id: "clairon-test".into(),
             partitions,
-            ..KafkaSettings::new(self.brokers.clone())
+            ..KafkaSettings::new(self.topics.brokers.clone())
         }
     }
 
     fn bus(&self, partitions: i32) -> KafkaBus {
         KafkaBus::connect(self.settings(partitions)).expect("connect")
-    }
-}
-
-impl Drop for Env {
-    /// Best effort; a failed test keeps its topics for inspection.
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "left topics and groups with prefix {} in place",
-                self.prefix
-            );
-            return;
-        }
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &self.brokers);
-        let (Ok(admin), Ok(reader)) = (
-            cfg.create::<AdminClient<DefaultClientContext>>(),
-            cfg.create::<BaseConsumer>(),
-        ) else {
-            return;
-        };
-        let t = Duration::from_secs(5);
-        let opts = AdminOptions::new()
-            .request_timeout(Some(t))
-            .operation_timeout(Some(t));
-        if let Ok(md) = reader.fetch_metadata(None, t) {
-            let names: Vec<&str> = md
-                .topics()
-                .iter()
-                .map(|t| t.name())
-                .filter(|n| n.starts_with(&self.prefix))
-                .collect();
-            if !names.is_empty() {
-                let _ = futures::executor::block_on(admin.delete_topics(&names, &opts));
-            }
-        }
-        if let Ok(groups) = reader.fetch_group_list(None, t) {
-            let names: Vec<&str> = groups
-                .groups()
-                .iter()
-                .map(|g| g.name())
-                .filter(|n| n.starts_with(&self.prefix))
-                .collect();
-            if !names.is_empty() {
-                let _ = futures::executor::block_on(admin.delete_groups(&names, &opts));
-            }
-        }
     }
 }
 
@@ -553,7 +488,9 @@ async fn init_topics_is_idempotent_and_copies_partition_counts() {
                 "svc",
                 &[topics::USER_ACTION_PERFORMED, topics::NOTIFICATION_PUSH],
             ),
-            ("audit", &["custom"]),
+            // A group reading a dead-letter topic gets no retry or dead-letter
+            // topics for it: the runner never forwards from one.
+            ("audit", &["custom", "custom-dlt"]),
         ];
         // Two replicas starting at once: "already exists" is success.
         let (a, b) = (env.bus(2), env.bus(2));
@@ -573,7 +510,7 @@ async fn init_topics_is_idempotent_and_copies_partition_counts() {
             expected.push(topics::dead_letter(t));
         }
         for (g, ts) in groups {
-            for t in *ts {
+            for t in ts.iter().filter(|t| !topics::is_dead_letter(t)) {
                 expected.extend((1..3).map(|n| topics::retry(t, g, n)));
             }
         }
@@ -903,7 +840,7 @@ async fn static_member_child() {
     let settings = KafkaSettings {
         topic_prefix: prefix,
         instance_id: Some("member-1".into()),
-        ..KafkaSettings::new(brokers())
+        ..KafkaSettings::new(testing::brokers())
     };
     let bus = KafkaBus::connect(settings).unwrap();
     let mut sub = bus.subscribe("g", &["t".into()]).await.unwrap();
@@ -934,8 +871,8 @@ async fn static_member_resumes_quickly_after_kill_9() {
                     "--nocapture",
                     "--test-threads=1",
                 ])
-                .env(CHILD_ENV, &env.prefix)
-                .env(BROKERS_ENV, &env.brokers)
+                .env(CHILD_ENV, &env.topics.prefix)
+                .env(testing::BROKERS_VAR, &env.topics.brokers)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
                 .kill_on_drop(true)

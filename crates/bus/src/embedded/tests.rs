@@ -213,6 +213,93 @@ async fn retries_with_backoff_then_dead_letters_without_blocking_other_keys() {
     task.await.unwrap().unwrap();
 }
 
+/// Fails a record's first `fail_first` attempts, then keeps it; rejects "poison".
+struct DeadLetterReader {
+    fail_first: u32,
+    attempts: AtomicU32,
+    kept: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Handler for DeadLetterReader {
+    async fn handle(&self, r: &Record) -> Result<(), HandleError> {
+        let body = String::from_utf8_lossy(&r.payload).to_string();
+        if body == "poison" {
+            return Err(HandleError::Reject("not storable".into()));
+        }
+        if self.attempts.fetch_add(1, Ordering::SeqCst) < self.fail_first {
+            return Err(HandleError::Retry("database down".into()));
+        }
+        self.kept.lock().unwrap().push(body);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_dead_letter_topic_is_retried_in_place_and_never_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus: Arc<dyn EventBus> = Arc::new(
+        EmbeddedBus::open(&dir.path().join("bus.db"), 1)
+            .await
+            .unwrap(),
+    );
+    let handler = Arc::new(DeadLetterReader {
+        fail_first: 2,
+        attempts: AtomicU32::new(0),
+        kept: Mutex::new(Vec::new()),
+    });
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(100),
+    };
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(
+        bus.clone(),
+        ConsumerSpec::new("audit", &["t-dlt"], policy),
+        handler.clone(),
+        cancel.clone(),
+    ));
+    let mut dead = msg("t-dlt", "k", "first");
+    dead.headers
+        .push((headers::ORIGINAL_TOPIC.into(), "t".into()));
+    bus.publish(dead).await.unwrap();
+    bus.publish(msg("t-dlt", "k", "poison")).await.unwrap();
+    bus.publish(msg("t-dlt", "k", "second")).await.unwrap();
+
+    for _ in 0..200 {
+        if handler.kept.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Two failures waited out in place, the rejected one skipped, order kept.
+    assert_eq!(*handler.kept.lock().unwrap(), ["first", "second"]);
+    assert_eq!(handler.attempts.load(Ordering::SeqCst), 4);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+
+    // Nothing was forwarded: no retry topic of either name, no dead letter of
+    // the dead-letter topic, nothing back on the original's dead-letter topic.
+    let overview = bus.describe().await.unwrap();
+    let written: Vec<&str> = overview
+        .topics
+        .iter()
+        .filter(|t| t.end_offsets.iter().any(|&o| o > 0))
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(written, ["t-dlt"], "{overview:?}");
+    assert_eq!(
+        overview
+            .topics
+            .iter()
+            .find(|t| t.name == "t-dlt")
+            .unwrap()
+            .end_offsets,
+        [3]
+    );
+}
+
 #[test]
 fn backoff_doubles_and_caps() {
     let p = RetryPolicy {

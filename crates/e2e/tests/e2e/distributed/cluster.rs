@@ -7,6 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clairon_bus::kafka::testing::TestTopics;
+use clairon_store::{
+    testing::{fresh_database_with, TestDatabase},
+    Backend,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -24,23 +29,6 @@ static INFRA: std::sync::LazyLock<std::sync::Arc<tokio::sync::RwLock<()>>> =
 enum InfraGuard {
     Shared(tokio::sync::OwnedRwLockReadGuard<()>),
     Exclusive(tokio::sync::OwnedRwLockWriteGuard<()>),
-}
-
-/// The brokers and database URL `scripts/infra.sh up` prints; a missing one
-/// fails the test with the command to run.
-pub fn infra() -> (String, String) {
-    let need = |var: &str| {
-        std::env::var(var).unwrap_or_else(|_| {
-            panic!(
-                "{var} is not set: distributed tests need the real Kafka and MariaDB — run \
-                 `eval \"$(scripts/infra.sh up)\"` (scripts/test.sh does)"
-            )
-        })
-    };
-    (
-        need("CLAIRON_TEST_KAFKA_BROKERS"),
-        need("CLAIRON_TEST_MYSQL_URL"),
-    )
 }
 
 pub fn repo_root() -> PathBuf {
@@ -67,33 +55,6 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Creates a fresh database next to the one in `url` and returns its URL.
-fn fresh_database(url: &str) -> String {
-    let rest = url.strip_prefix("mysql://").expect("a mysql:// URL");
-    let (creds, hostdb) = rest.split_once('@').expect("user:pass@host");
-    let (user, pass) = creds.split_once(':').expect("user:pass");
-    let (hostport, _db) = hostdb.split_once('/').expect("host/db");
-    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "3306"));
-    let name = format!(
-        "clairon_test_{}",
-        &Uuid::new_v4().simple().to_string()[..12]
-    );
-    let out = Command::new("mysql")
-        .args(["-h", host, "-P", port, "-u", user, &format!("-p{pass}")])
-        .args([
-            "-e",
-            &format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"),
-        ])
-        .output()
-        .expect("running the mysql client");
-    assert!(
-        out.status.success(),
-        "creating database {name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    format!("mysql://{user}:{pass}@{hostport}/{name}")
-}
-
 struct Proc {
     services: &'static str,
     addr_var: &'static str,
@@ -112,6 +73,10 @@ pub struct Cluster {
     admin_token: std::sync::Mutex<Option<String>>,
     pub prefix: String,
     pub brokers: String,
+    // Dropped after the processes are killed: the topics, groups and
+    // database go with the cluster.
+    _topics: TestTopics,
+    _db: TestDatabase,
     _infra: InfraGuard,
 }
 
@@ -141,14 +106,17 @@ impl Default for ClusterOptions {
 
 impl Cluster {
     pub async fn start(opts: ClusterOptions) -> Cluster {
-        let (brokers, mysql) = infra();
         let guard = if opts.exclusive {
             InfraGuard::Exclusive(INFRA.clone().write_owned().await)
         } else {
             InfraGuard::Shared(INFRA.clone().read_owned().await)
         };
-        let db_url = fresh_database(&mysql);
-        let prefix = format!("e2e-{}-", &Uuid::new_v4().simple().to_string()[..10]);
+        let topics = TestTopics::new();
+        let (brokers, prefix) = (topics.brokers.clone(), topics.prefix.clone());
+        let db = fresh_database_with(Backend::MySql, 1).await;
+        // The processes open their own pools; this one is not needed.
+        db.db.pool.close().await;
+        let db_url = db.url.clone();
         let admin_password = format!("Adm1n-{}", Uuid::new_v4().simple());
         let mut env: Vec<(String, String)> = vec![
             ("CLAIRON_KAFKA_BROKERS".into(), brokers.clone()),
@@ -285,6 +253,8 @@ impl Cluster {
             admin_token: Default::default(),
             prefix,
             brokers,
+            _topics: topics,
+            _db: db,
             _infra: guard,
         };
         // Users first: it creates the administrator the others' tests log in as.
