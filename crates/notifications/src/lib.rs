@@ -57,6 +57,9 @@ pub struct Notifications {
     /// delivery of the same one (say its retry copy and a redelivery of the
     /// original) waits for another round instead of sending in parallel.
     in_flight: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    /// Names this process in delivery claims, which keep other processes from
+    /// sending a notification this one is sending (see [`repo::claim`]).
+    owner: String,
 }
 
 #[derive(Clone, FromRef)]
@@ -83,6 +86,7 @@ impl Notifications {
             channels,
             directory,
             in_flight: Default::default(),
+            owner: Uuid::new_v4().to_string(),
         });
         deps.tasks.spawn(
             svc.outbox

@@ -63,8 +63,19 @@ pub fn migrations() -> Vec<Migration> {
                 notification_id VARCHAR(36) NULL, created_at BIGINT NOT NULL, replayed_at BIGINT NULL);\
              CREATE INDEX notif_dead_letters_created ON notif_dead_letters (created_at)",
         ),
+        Migration::portable(
+            4,
+            "delivery claims",
+            "ALTER TABLE notif_notifications ADD COLUMN claimed_by VARCHAR(64) NULL;\
+             ALTER TABLE notif_notifications ADD COLUMN claimed_until BIGINT NULL",
+        ),
     ]
 }
+
+/// How long a delivery claim holds other processes off: longer than any
+/// channel's send timeout (15 s for SMTP, 10 s for SMS) and the outcome's
+/// write. Only a process that dies mid-send makes another wait this long.
+pub const CLAIM_LEASE_MS: i64 = 60_000;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -130,10 +141,15 @@ pub struct NewNotification {
     pub traceparent: Option<String>,
 }
 
-pub enum Inserted {
-    New,
-    /// Seen before: its current status and stored recipient.
-    Existing(NotificationStatus, Option<String>),
+/// What [`claim`] found.
+#[derive(Debug, PartialEq)]
+pub enum Claim {
+    /// This process delivers it now; the recipient stored with it, if any.
+    Claimed(Option<String>),
+    /// Sent, captured or dead already: nothing to send.
+    Done(NotificationStatus),
+    /// Another process is delivering it and its claim has not run out.
+    Busy,
 }
 
 async fn history(
@@ -155,14 +171,17 @@ async fn history(
     Ok(())
 }
 
-/// Stores a notification as PENDING unless it exists; the unique id makes a
-/// redelivery a no-op even when two deliveries race.
-pub async fn insert_pending(db: &Database, n: &NewNotification) -> anyhow::Result<Inserted> {
+/// Stores a notification as PENDING, claimed by `owner`, unless it exists; an
+/// existing one is claimed when it is still to be sent and nobody else holds
+/// it. The claim is what keeps two processes (a partition moving between
+/// replicas mid-delivery, a retry copy beside a redelivered original) from
+/// sending the same notification at once; [`record_outcome`] releases it.
+pub async fn claim(db: &Database, n: &NewNotification, owner: &str) -> anyhow::Result<Claim> {
     let mut tx = db.pool.begin().await?;
     let now = now_ms();
     let res = sqlx::query(
-        "INSERT INTO notif_notifications (notification_id, user_id, kind, title, message, recipient, status, attempts, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, 'PENDING', 0, ?, ?)",
+        "INSERT INTO notif_notifications (notification_id, user_id, kind, title, message, recipient, status, attempts, created_at, updated_at, claimed_by, claimed_until) \
+         VALUES (?, ?, ?, ?, ?, ?, 'PENDING', 0, ?, ?, ?, ?)",
     )
     .bind(n.notification_id.to_string())
     .bind(n.user_id.to_string())
@@ -172,6 +191,8 @@ pub async fn insert_pending(db: &Database, n: &NewNotification) -> anyhow::Resul
     .bind(n.recipient.as_deref().map(|r| fit(r, RECIPIENT_CHARS)))
     .bind(n.created_at.millis())
     .bind(now)
+    .bind(owner)
+    .bind(now + CLAIM_LEASE_MS)
     .execute(&mut *tx)
     .await;
     match res {
@@ -185,10 +206,24 @@ pub async fn insert_pending(db: &Database, n: &NewNotification) -> anyhow::Resul
             )
             .await?;
             tx.commit().await?;
-            Ok(Inserted::New)
+            Ok(Claim::Claimed(None))
         }
         Err(e) if is_unique_violation(&e) => {
             tx.rollback().await?;
+            let claimed = sqlx::query(
+                "UPDATE notif_notifications SET claimed_by = ?, claimed_until = ? \
+                 WHERE notification_id = ? AND status IN ('PENDING', 'FAILED') \
+                 AND (claimed_until IS NULL OR claimed_until < ? OR claimed_by = ?)",
+            )
+            .bind(owner)
+            .bind(now + CLAIM_LEASE_MS)
+            .bind(n.notification_id.to_string())
+            .bind(now)
+            .bind(owner)
+            .execute(&db.pool)
+            .await?
+            .rows_affected()
+                > 0;
             let row = sqlx::query(
                 "SELECT status, recipient FROM notif_notifications WHERE notification_id = ?",
             )
@@ -198,10 +233,28 @@ pub async fn insert_pending(db: &Database, n: &NewNotification) -> anyhow::Resul
             let status = text(&row, 0)?;
             let status = NotificationStatus::parse(&status)
                 .ok_or_else(|| anyhow::anyhow!("unknown stored status {status}"))?;
-            Ok(Inserted::Existing(status, opt_text(&row, 1)?))
+            Ok(match (claimed, status.is_final()) {
+                (true, _) => Claim::Claimed(opt_text(&row, 1)?),
+                (false, true) => Claim::Done(status),
+                (false, false) => Claim::Busy,
+            })
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Gives a claim up before any send was tried (the recipient could not be
+/// resolved yet), so another process need not wait for it to run out.
+pub async fn release(db: &Database, id: Uuid, owner: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE notif_notifications SET claimed_by = NULL, claimed_until = NULL \
+         WHERE notification_id = ? AND claimed_by = ?",
+    )
+    .bind(id.to_string())
+    .bind(owner)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
 }
 
 /// The trace context of a status event: the current span's (the handling of
@@ -225,7 +278,8 @@ pub async fn record_outcome(
     let mut tx = db.pool.begin().await?;
     sqlx::query(
         "UPDATE notif_notifications SET status = ?, attempts = ?, last_error = ?, updated_at = ?, \
-         recipient = COALESCE(?, recipient), delivered_at = COALESCE(?, delivered_at) WHERE notification_id = ?",
+         recipient = COALESCE(?, recipient), delivered_at = COALESCE(?, delivered_at), \
+         claimed_by = NULL, claimed_until = NULL WHERE notification_id = ?",
     )
     .bind(status.as_str())
     .bind(i64::from(attempt))
@@ -299,7 +353,7 @@ pub async fn dead_letter(
     .execute(&mut *tx)
     .await?;
     if let Some(n) = notification {
-        let known = sqlx::query("UPDATE notif_notifications SET status = 'DEAD', last_error = ?, attempts = ?, updated_at = ? WHERE notification_id = ?")
+        let known = sqlx::query("UPDATE notif_notifications SET status = 'DEAD', last_error = ?, attempts = ?, updated_at = ?, claimed_by = NULL, claimed_until = NULL WHERE notification_id = ?")
             .bind(reason)
             .bind(i64::from(dl.attempts))
             .bind(now_ms())

@@ -36,6 +36,7 @@ both_backends!(
     an_unparseable_record_is_rejected_and_kept_as_a_dead_letter,
     oversized_values_from_the_bus_are_stored,
     every_query_runs_on_both_backends,
+    another_process_claim_defers_delivery_until_it_ends_or_runs_out,
 );
 
 struct NoRevocations;
@@ -188,6 +189,80 @@ async fn a_redelivered_event_sends_once(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(n.status, "SENT");
+}
+
+/// Another replica is mid-send (its claim is in the shared database): this one
+/// neither sends nor skips, it asks for another round; once the other has
+/// recorded its outcome there is nothing left to send, and a claim whose
+/// holder died runs out.
+async fn another_process_claim_defers_delivery_until_it_ends_or_runs_out(backend: Backend) {
+    let (_d, svc, sent) = service(backend, 0).await;
+    let other = "another-process";
+    let as_new = |ev: &NotificationTriggered| repo::NewNotification {
+        notification_id: ev.notification_id,
+        user_id: ev.user_id,
+        kind: ev.kind,
+        title: ev.title.clone(),
+        message: ev.message.clone(),
+        recipient: ev.recipient.clone(),
+        created_at: ev.timestamp,
+        traceparent: None,
+    };
+
+    let ev = sms();
+    let env = Envelope::new(&ev, None);
+    assert_eq!(
+        repo::claim(&svc.db, &as_new(&ev), other).await.unwrap(),
+        repo::Claim::Claimed(None)
+    );
+    match svc.handle(&record(&env, 1)).await {
+        Err(HandleError::Retry(why)) => assert!(why.contains("another process"), "{why}"),
+        other => panic!("expected a retry while another process holds the claim: {other:?}"),
+    }
+    assert_eq!(sent.load(Ordering::SeqCst), 0);
+    // The other process's send succeeded.
+    repo::record_outcome(
+        &svc.db,
+        &svc.outbox,
+        &as_new(&ev),
+        clairon_events::NotificationStatus::Sent,
+        1,
+        ev.recipient.as_deref(),
+        None,
+    )
+    .await
+    .unwrap();
+    svc.handle(&record(&env, 2)).await.unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), 0);
+
+    // The holder died mid-send: once its claim has run out, this one sends.
+    let ev = sms();
+    let env = Envelope::new(&ev, None);
+    repo::claim(&svc.db, &as_new(&ev), other).await.unwrap();
+    assert!(svc.handle(&record(&env, 1)).await.is_err());
+    sqlx::query("UPDATE notif_notifications SET claimed_until = ? WHERE notification_id = ?")
+        .bind(clairon_store::now_ms() - 1)
+        .bind(ev.notification_id.to_string())
+        .execute(&svc.db.pool)
+        .await
+        .unwrap();
+    svc.handle(&record(&env, 2)).await.unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), 1);
+    // The outcome released the claim: the other process sees it done.
+    assert_eq!(
+        repo::claim(&svc.db, &as_new(&ev), other).await.unwrap(),
+        repo::Claim::Done(clairon_events::NotificationStatus::Sent)
+    );
+
+    // A released claim lets the next handler in at once.
+    let ev = sms();
+    let env = Envelope::new(&ev, None);
+    repo::claim(&svc.db, &as_new(&ev), other).await.unwrap();
+    repo::release(&svc.db, ev.notification_id, other)
+        .await
+        .unwrap();
+    svc.handle(&record(&env, 1)).await.unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), 2);
 }
 
 async fn a_failed_send_is_retried_then_dead_lettered_with_history(backend: Backend) {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     channels::{ChannelError, Delivery, Outgoing},
-    repo::{self, DeadLetter, Inserted, NewNotification},
+    repo::{self, Claim, DeadLetter, NewNotification},
     Notifications,
 };
 
@@ -112,18 +112,34 @@ impl Notifications {
                 n.notification_id
             )));
         };
-        let stored_recipient = match repo::insert_pending(&self.db, n).await.map_err(retry)? {
-            Inserted::New => None,
-            Inserted::Existing(status, _) if status.is_final() => {
+        let stored_recipient = match repo::claim(&self.db, n, &self.owner).await.map_err(retry)? {
+            Claim::Claimed(recipient) => recipient,
+            Claim::Done(_) => {
                 metrics::counter!("clairon_notifications_duplicates_total").increment(1);
                 tracing::debug!(notification_id = %n.notification_id, %attempt, "already handled; not sending again");
                 return Ok(());
             }
-            Inserted::Existing(_, recipient) => recipient,
+            Claim::Busy => {
+                return Err(HandleError::Retry(format!(
+                    "notification {} is being delivered by another process",
+                    n.notification_id
+                )))
+            }
         };
         let recipient = match n.recipient.clone().or(stored_recipient) {
             Some(r) => r,
-            None => self.resolve(n).await?,
+            None => match self.resolve(n).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Nothing was sent: let whoever handles it next go ahead.
+                    if let Err(release) =
+                        repo::release(&self.db, n.notification_id, &self.owner).await
+                    {
+                        tracing::warn!(notification_id = %n.notification_id, error = %format!("{release:#}"), "releasing a delivery claim failed; it runs out by itself");
+                    }
+                    return Err(e);
+                }
+            },
         };
         let out = Outgoing {
             notification_id: n.notification_id,
