@@ -11,7 +11,7 @@ use clairon_auth::AuthContext;
 use clairon_events::{EventType, Timestamp};
 use clairon_http::{
     auth::AdminOnly,
-    paging::{self, Cursor},
+    paging::{self, Cursor, Page},
     problem::Problem,
     ApiError, ApiResult, FieldError,
 };
@@ -180,10 +180,7 @@ async fn list_logs(
     let limit = collect(&mut errors, limit(given(&p.limit)));
     let cursor = collect(
         &mut errors,
-        given(&p.cursor)
-            .map(Cursor::decode)
-            .transpose()
-            .map_err(field_errors),
+        paging::cursor(given(&p.cursor)).map_err(field_errors),
     );
     let q = given(&p.q);
     if q.is_some_and(|q| q.chars().count() > MAX_QUERY_CHARS) {
@@ -246,19 +243,15 @@ async fn list_logs(
     let rows = bind(sqlx::query(&sql), args)
         .fetch_all(&audit.db.pool)
         .await?;
-    let more = rows.len() as i64 > limit;
-    let mut items = Vec::with_capacity(rows.len());
-    let mut last = None;
-    for row in rows.iter().take(limit as usize) {
-        let (item, id) = item(row)?;
-        last = Some(Cursor {
-            time_ms: item.occurred_at.millis(),
-            id,
-        });
-        items.push(item);
-    }
-    let next_cursor = if more { last.map(|c| c.encode()) } else { None };
-    Ok(Json(LogPage { items, next_cursor }))
+    let rows = rows.iter().map(item).collect::<Result<Vec<_>, _>>()?;
+    let Page { items, next_cursor } = paging::page(rows, limit, |(item, id)| Cursor {
+        time_ms: item.occurred_at.millis(),
+        id: id.clone(),
+    });
+    Ok(Json(LogPage {
+        items: items.into_iter().map(|(item, _)| item).collect(),
+        next_cursor,
+    }))
 }
 
 #[utoipa::path(

@@ -9,7 +9,7 @@ use clairon_auth::{Role, Tokens};
 use clairon_events::PushRequested;
 use clairon_notifications::{Contact, UserDirectory};
 use clairon_web::PushInbox;
-use reqwest::StatusCode;
+use reqwest::{header::HeaderMap, Method, RequestBuilder, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -44,6 +44,18 @@ impl ServiceClient {
             .issue_for(self.caller, Role::Service, CALLER_TTL)?
             .token)
     }
+
+    /// A call to `path` of the other service with a SERVICE token and the
+    /// current span's trace context, so the callee's span joins this trace.
+    fn request(&self, method: Method, path: &str) -> anyhow::Result<RequestBuilder> {
+        let mut headers = HeaderMap::new();
+        clairon_http::trace::inject(&mut headers);
+        Ok(self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token()?)
+            .headers(headers))
+    }
 }
 
 /// Contact look-ups through the users service's API.
@@ -62,9 +74,7 @@ impl UserDirectory for RemoteDirectory {
     async fn contact(&self, user_id: Uuid) -> anyhow::Result<Option<Contact>> {
         let c = &self.0;
         let res = c
-            .http
-            .get(format!("{}/api/users/{user_id}/contact", c.base))
-            .bearer_auth(c.token()?)
+            .request(Method::GET, &format!("/api/users/{user_id}/contact"))?
             .send()
             .await
             .context("users service unreachable")?;
@@ -91,10 +101,8 @@ impl PushInbox for RemoteInbox {
     async fn pending(&self, user: Uuid) -> anyhow::Result<Vec<PushRequested>> {
         let c = &self.0;
         let res = c
-            .http
-            .get(format!("{}/api/notifications/push/pending", c.base))
+            .request(Method::GET, "/api/notifications/push/pending")?
             .query(&[("userId", user.to_string())])
-            .bearer_auth(c.token()?)
             .send()
             .await
             .context("notification service unreachable")?;
@@ -112,10 +120,8 @@ impl PushInbox for RemoteInbox {
         }
         let c = &self.0;
         let res = c
-            .http
-            .post(format!("{}/api/notifications/push/delivered", c.base))
+            .request(Method::POST, "/api/notifications/push/delivered")?
             .json(&json!({ "notificationIds": ids }))
-            .bearer_auth(c.token()?)
             .send()
             .await
             .context("notification service unreachable")?;

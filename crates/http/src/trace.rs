@@ -14,7 +14,7 @@ use axum::{
 };
 pub use clairon_bus::consumer::SPAN_TARGET;
 use opentelemetry::{propagation::TextMapPropagator, trace::TraceContextExt, Context};
-use opentelemetry_http::HeaderExtractor;
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::{
     propagation::TraceContextPropagator,
     trace::{IdGenerator, RandomIdGenerator},
@@ -76,6 +76,26 @@ pub fn remote_parent(headers: &HeaderMap) -> Option<Context> {
 pub fn current_traceparent() -> Option<String> {
     traceparent_of(&Span::current().context())
 }
+
+/// Puts the current span's W3C trace context (`traceparent`, and `tracestate`
+/// when it has one) on the headers of an outgoing request, replacing any they
+/// hold, so the callee's span is a child of this one. When the current span is
+/// not traced the headers are left as they are and `false` is returned.
+pub fn inject(headers: &mut HeaderMap) -> bool {
+    let cx = Span::current().context();
+    if !cx.span().span_context().is_valid() {
+        return false;
+    }
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    // The propagator always writes `tracestate`; an empty one, or a caller's
+    // left over from a context this span did not continue, must not travel on.
+    if cx.span().span_context().trace_state().header().is_empty() {
+        headers.remove(TRACESTATE);
+    }
+    true
+}
+
+const TRACESTATE: &str = "tracestate";
 
 fn traceparent_of(cx: &Context) -> Option<String> {
     if !cx.span().span_context().is_valid() {
@@ -211,6 +231,67 @@ mod tests {
         let current = current.unwrap();
         assert!(TraceId::from_hex(current.split('-').nth(1).unwrap()).is_ok());
         assert_ne!(current.split('-').nth(1).unwrap(), TRACE);
+    }
+
+    #[test]
+    fn outgoing_calls_carry_the_current_span_in_place_of_the_callers() {
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(Collect::default())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        // Two dispatchers registered, as in the request span test above.
+        let _other = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let mut incoming = HeaderMap::new();
+        incoming.insert(
+            "traceparent",
+            format!("00-{TRACE}-{PARENT}-01").parse().unwrap(),
+        );
+        incoming.insert("tracestate", "vendor=opaque".parse().unwrap());
+        let span = tracing::debug_span!(target: SPAN_TARGET, "call");
+        span.set_parent(remote_parent(&incoming).unwrap()).unwrap();
+        let _entered = span.enter();
+
+        // A proxy copies the caller's headers, then puts its own span in.
+        let mut out = incoming.clone();
+        assert!(inject(&mut out));
+        let sent = out["traceparent"].to_str().unwrap().to_owned();
+        assert_eq!(Some(&sent), current_traceparent().as_ref());
+        let parts: Vec<&str> = sent.split('-').collect();
+        assert_eq!(parts[1], TRACE);
+        assert_ne!(parts[2], PARENT, "the callee's parent is this span");
+        assert_eq!(
+            out["tracestate"], "vendor=opaque",
+            "the caller's state travels on"
+        );
+        assert_eq!(out.get_all("traceparent").iter().count(), 1);
+
+        // A span starting a trace of its own has no state: a stale one is dropped.
+        let root = tracing::debug_span!(target: SPAN_TARGET, parent: None, "root");
+        let _root = root.enter();
+        let mut out = incoming.clone();
+        assert!(inject(&mut out));
+        assert_ne!(
+            out["traceparent"].to_str().unwrap().split('-').nth(1),
+            Some(TRACE)
+        );
+        assert!(out.get("tracestate").is_none());
+    }
+
+    #[test]
+    fn without_an_exporter_outgoing_headers_are_left_alone() {
+        let mut out = HeaderMap::new();
+        out.insert(
+            "traceparent",
+            format!("00-{TRACE}-{PARENT}-01").parse().unwrap(),
+        );
+        out.insert("tracestate", "vendor=opaque".parse().unwrap());
+        let before = out.clone();
+        assert!(!inject(&mut out));
+        assert_eq!(out, before);
+        assert!(!inject(&mut HeaderMap::new()));
     }
 
     #[tokio::test]

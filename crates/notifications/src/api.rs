@@ -8,7 +8,7 @@ use axum::{
 use clairon_events::{headers, Envelope, NotificationStatus, NotificationType};
 use clairon_http::{
     auth::{AdminOnly, Authenticated, ServiceCaller},
-    paging::{self, Cursor},
+    paging::{self, Cursor, Page},
     problem::Problem,
     ApiError, ApiResult,
 };
@@ -117,30 +117,20 @@ pub(crate) async fn list(
                 .ok_or_else(|| ApiError::invalid("type", "must be one of EMAIL, SMS, PUSH"))
         })
         .transpose()?;
-    let after = q
-        .cursor
-        .as_deref()
-        .map(Cursor::decode)
-        .transpose()?
-        .map(|c| (c.time_ms, c.id));
+    let after = paging::cursor(q.cursor.as_deref())?.map(|c| (c.time_ms, c.id));
     let filter = ListFilter {
         user_id,
         status,
         kind,
         after,
     };
-    let items = repo::list(&svc.db, &filter, limit).await?;
-    let next_cursor = next(&items, limit, |n| Cursor {
+    // One row more than asked tells whether another page follows.
+    let rows = repo::list(&svc.db, &filter, limit + 1).await?;
+    let Page { items, next_cursor } = paging::page(rows, limit, |n| Cursor {
         time_ms: n.created_ms,
         id: n.notification_id.clone(),
     });
     Ok(Json(NotificationPage { items, next_cursor }))
-}
-
-fn next<T>(items: &[T], limit: i64, f: impl Fn(&T) -> Cursor) -> Option<String> {
-    (items.len() as i64 == limit)
-        .then(|| items.last().map(|i| f(i).encode()))
-        .flatten()
 }
 
 fn parse_uuid(field: &str, s: &str) -> ApiResult<Uuid> {
@@ -208,14 +198,9 @@ pub(crate) async fn dead_letters(
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Json<DeadLetterPage>> {
     let limit = paging::limit(q.limit)?;
-    let after = q
-        .cursor
-        .as_deref()
-        .map(Cursor::decode)
-        .transpose()?
-        .map(|c| (c.time_ms, c.id));
-    let items = repo::dead_letters(&svc.db, after, limit).await?;
-    let next_cursor = next(&items, limit, |d| Cursor {
+    let after = paging::cursor(q.cursor.as_deref())?.map(|c| (c.time_ms, c.id));
+    let rows = repo::dead_letters(&svc.db, after, limit + 1).await?;
+    let Page { items, next_cursor } = paging::page(rows, limit, |d| Cursor {
         time_ms: d.created_ms,
         id: d.id.clone(),
     });

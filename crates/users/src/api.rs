@@ -13,7 +13,7 @@ use clairon_auth::{AuthContext, Claims, Role};
 use clairon_events::{ActionType, Timestamp};
 use clairon_http::{
     auth::{AdminOnly, Authenticated},
-    paging::{self, Cursor},
+    paging::{self, Cursor, Page},
     problem::Problem,
     ApiError, ApiJson, ApiResult, FieldError,
 };
@@ -434,28 +434,15 @@ async fn list_users(
         })
         .transpose()?;
     let limit = paging::limit(limit)?;
-    let cursor = params
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(Cursor::decode)
-        .transpose()?;
+    let cursor = paging::cursor(params.cursor.as_deref().filter(|c| !c.is_empty()))?;
     // One extra row tells whether another page follows.
-    let mut accounts = users.list(limit + 1, cursor.as_ref()).await?;
-    let next_cursor = if accounts.len() as i64 > limit {
-        accounts.truncate(limit as usize);
-        accounts.last().map(|a| {
-            Cursor {
-                time_ms: a.created_at,
-                id: a.user_id.to_string(),
-            }
-            .encode()
-        })
-    } else {
-        None
-    };
+    let accounts = users.list(limit + 1, cursor.as_ref()).await?;
+    let Page { items, next_cursor } = paging::page(accounts, limit, |a| Cursor {
+        time_ms: a.created_at,
+        id: a.user_id.to_string(),
+    });
     Ok(ApiJson(UserPage {
-        items: accounts.into_iter().map(User::from).collect(),
+        items: items.into_iter().map(User::from).collect(),
         next_cursor,
     }))
 }

@@ -4,7 +4,7 @@
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{header, HeaderName, StatusCode},
+    http::{header, HeaderMap, HeaderName, StatusCode},
     response::{IntoResponse, Response},
     routing::any,
     Router,
@@ -86,10 +86,18 @@ async fn proxy(State(p): State<Proxy>, req: Request) -> Response {
             )
         }
     };
-    let mut out = p.client.request(parts.method, &url).body(body);
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
     for (k, v) in parts.headers.iter().filter(|(k, _)| !hop_by_hop(k)) {
-        out = out.header(k, v);
+        headers.append(k, v.clone());
     }
+    // The service's span becomes a child of this request's span (itself the
+    // client's child); untraced, the client's context goes through as it came.
+    clairon_http::trace::inject(&mut headers);
+    let out = p
+        .client
+        .request(parts.method, &url)
+        .headers(headers)
+        .body(body);
     match out.send().await {
         Ok(res) => {
             let mut b = Response::builder().status(res.status());

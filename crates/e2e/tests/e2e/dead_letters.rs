@@ -32,26 +32,31 @@ fn statuses(n: &Value) -> Vec<String> {
 }
 
 async fn wait_dead_lettered(app: &TestApp, id: Uuid) -> Value {
-    eventually(
-        &format!("{id} in the dead-letter list"),
-        TIMEOUT,
-        async || {
-            let (status, page) = app
-                .get_as_admin(
-                    Svc::Notifications,
-                    "/api/notifications/dead-letters?limit=200",
-                )
-                .await;
-            if status != StatusCode::OK {
-                return Err(format!("{status}: {page}"));
-            }
-            items(&page)
-                .iter()
-                .find(|d| d.to_string().contains(&id.to_string()))
-                .cloned()
-                .ok_or_else(|| page.to_string())
-        },
-    )
+    let id = id.to_string();
+    wait_dead_letter(app, &format!("{id} in the dead-letter list"), |d| {
+        d.to_string().contains(&id)
+    })
+    .await
+}
+
+/// The first dead letter `matches` picks, once it is listed.
+async fn wait_dead_letter(app: &TestApp, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+    eventually(what, TIMEOUT, async || {
+        let (status, page) = app
+            .get_as_admin(
+                Svc::Notifications,
+                "/api/notifications/dead-letters?limit=200",
+            )
+            .await;
+        if status != StatusCode::OK {
+            return Err(format!("{status}: {page}"));
+        }
+        items(&page)
+            .iter()
+            .find(|d| matches(d))
+            .cloned()
+            .ok_or_else(|| page.to_string())
+    })
     .await
 }
 
@@ -259,30 +264,11 @@ async fn an_unparseable_record_on_the_log_is_dead_lettered_and_the_consumer_keep
         .await;
     sink.wait_for(id).await;
 
-    let poison = eventually(
-        "the poison record in the dead-letter list",
-        TIMEOUT,
-        async || {
-            let (status, page) = app
-                .get_as_admin(
-                    Svc::Notifications,
-                    "/api/notifications/dead-letters?limit=200",
-                )
-                .await;
-            if status != StatusCode::OK {
-                return Err(format!("{status}: {page}"));
-            }
-            items(&page)
-                .iter()
-                .find(|d| {
-                    d["payload"]
-                        .as_str()
-                        .is_some_and(|p| p.contains("not json"))
-                })
-                .cloned()
-                .ok_or_else(|| page.to_string())
-        },
-    )
+    let poison = wait_dead_letter(&app, "the poison record in the dead-letter list", |d| {
+        d["payload"]
+            .as_str()
+            .is_some_and(|p| p.contains("not json"))
+    })
     .await;
     assert!(
         poison["reason"]

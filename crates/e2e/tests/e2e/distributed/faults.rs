@@ -41,7 +41,15 @@ pub fn assert_sent_once(sms: &SmsSink, ids: &[Uuid]) {
     }
 }
 
-fn assert_delivered(sms: &SmsSink, ids: &[Uuid]) {
+/// Every id ends SENT and reached the SMS provider.
+async fn assert_all_sent(c: &Cluster, sms: &SmsSink, ids: &[Uuid], within: Duration) {
+    let by = c.wait_all_final(ids, within).await;
+    assert_eq!(
+        by.get("SENT").map(Vec::len),
+        Some(ids.len()),
+        "{:?}",
+        by.keys()
+    );
     for id in ids {
         assert!(
             sms.requests_for(*id)
@@ -52,14 +60,21 @@ fn assert_delivered(sms: &SmsSink, ids: &[Uuid]) {
     }
 }
 
+/// Five processes sending SMS to `sms`; `exclusive` for a test that stops
+/// the shared broker or database.
+async fn sms_cluster(sms: &SmsSink, exclusive: bool) -> Cluster {
+    Cluster::start(ClusterOptions {
+        sms_url: Some(sms.url()),
+        exclusive,
+        ..Default::default()
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_notification_process_under_load_loses_nothing() {
     let sms = SmsSink::start().await;
-    let c = Cluster::start(ClusterOptions {
-        sms_url: Some(sms.url()),
-        ..Default::default()
-    })
-    .await;
+    let c = sms_cluster(&sms, false).await;
     let user = c.register_user().await;
     let first = load(&c, user.id, 40, 3).await;
     c.kill9("notifications-1");
@@ -68,25 +83,13 @@ async fn killing_the_notification_process_under_load_loses_nothing() {
     let after = load(&c, user.id, 40, 1).await;
     let all: Vec<Uuid> = first.into_iter().chain(during).chain(after).collect();
     assert!(all.len() > 150, "only {} requests were accepted", all.len());
-    let by = c.wait_all_final(&all, Duration::from_secs(90)).await;
-    assert_eq!(
-        by.get("SENT").map(Vec::len),
-        Some(all.len()),
-        "{:?}",
-        by.keys()
-    );
-    assert_delivered(&sms, &all);
+    assert_all_sent(&c, &sms, &all, Duration::from_secs(90)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_accepted_while_kafka_is_down_are_published_when_it_returns() {
     let sms = SmsSink::start().await;
-    let c = Cluster::start(ClusterOptions {
-        sms_url: Some(sms.url()),
-        exclusive: true,
-        ..Default::default()
-    })
-    .await;
+    let c = sms_cluster(&sms, true).await;
     let user = c.register_user().await;
     let before = load(&c, user.id, 20, 2).await;
     infra_sh("kafka-stop");
@@ -101,25 +104,13 @@ async fn requests_accepted_while_kafka_is_down_are_published_when_it_returns() {
         during.len()
     );
     let all: Vec<Uuid> = before.into_iter().chain(during).collect();
-    let by = c.wait_all_final(&all, Duration::from_secs(120)).await;
-    assert_eq!(
-        by.get("SENT").map(Vec::len),
-        Some(all.len()),
-        "{:?}",
-        by.keys()
-    );
-    assert_delivered(&sms, &all);
+    assert_all_sent(&c, &sms, &all, Duration::from_secs(120)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn services_recover_from_a_database_restart_without_restarting() {
     let sms = SmsSink::start().await;
-    let c = Cluster::start(ClusterOptions {
-        sms_url: Some(sms.url()),
-        exclusive: true,
-        ..Default::default()
-    })
-    .await;
+    let c = sms_cluster(&sms, true).await;
     let user = c.register_user().await;
     let before = load(&c, user.id, 20, 2).await;
     infra_sh("mysql-stop");
@@ -147,14 +138,7 @@ async fn services_recover_from_a_database_restart_without_restarting() {
     .await;
     after.extend(load(&c, user.id, 20, 2).await);
     let all: Vec<Uuid> = before.into_iter().chain(during).chain(after).collect();
-    let by = c.wait_all_final(&all, Duration::from_secs(120)).await;
-    assert_eq!(
-        by.get("SENT").map(Vec::len),
-        Some(all.len()),
-        "{:?}",
-        by.keys()
-    );
-    assert_delivered(&sms, &all);
+    assert_all_sent(&c, &sms, &all, Duration::from_secs(120)).await;
     for name in ["users", "events", "logs", "notifications-1", "web"] {
         let r = c
             .client()
