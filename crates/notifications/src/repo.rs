@@ -352,8 +352,20 @@ pub async fn dead_letter(
     .bind(now_ms())
     .execute(&mut *tx)
     .await?;
-    if let Some(n) = notification {
-        let known = sqlx::query("UPDATE notif_notifications SET status = 'DEAD', last_error = ?, attempts = ?, updated_at = ?, claimed_by = NULL, claimed_until = NULL WHERE notification_id = ?")
+    // A notification another replica sent meanwhile (this one only saw its
+    // claim, attempt after attempt) stays SENT: nothing to announce either.
+    let delivered = match notification {
+        Some(n) => sqlx::query(
+            "SELECT status FROM notif_notifications WHERE notification_id = ? AND status IN ('SENT', 'CAPTURED')",
+        )
+        .bind(n.notification_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some(),
+        None => false,
+    };
+    if let Some(n) = notification.filter(|_| !delivered) {
+        let known = sqlx::query("UPDATE notif_notifications SET status = 'DEAD', last_error = ?, attempts = ?, updated_at = ?, claimed_by = NULL, claimed_until = NULL WHERE notification_id = ? AND status NOT IN ('SENT', 'CAPTURED')")
             .bind(reason)
             .bind(i64::from(dl.attempts))
             .bind(now_ms())
@@ -661,12 +673,16 @@ pub async fn replay(
         return Ok(false);
     }
     if let Some(nid) = &dl.notification_id {
-        sqlx::query("UPDATE notif_notifications SET status = 'PENDING', updated_at = ? WHERE notification_id = ?")
+        // Only a notification that was not delivered goes back to PENDING; the
+        // republished record of a delivered one is then skipped as done.
+        let reopened = sqlx::query("UPDATE notif_notifications SET status = 'PENDING', updated_at = ? WHERE notification_id = ? AND status IN ('DEAD', 'FAILED')")
             .bind(now_ms())
             .bind(nid)
             .execute(&mut *tx)
-            .await?;
-        if let Ok(uuid) = Uuid::parse_str(nid) {
+            .await?
+            .rows_affected()
+            > 0;
+        if let Some(uuid) = Uuid::parse_str(nid).ok().filter(|_| reopened) {
             history(
                 &mut tx,
                 uuid,

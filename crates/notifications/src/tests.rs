@@ -37,6 +37,7 @@ both_backends!(
     oversized_values_from_the_bus_are_stored,
     every_query_runs_on_both_backends,
     another_process_claim_defers_delivery_until_it_ends_or_runs_out,
+    a_late_dead_letter_neither_undoes_a_send_nor_replays_it,
 );
 
 struct NoRevocations;
@@ -161,6 +162,20 @@ fn record(env: &Envelope, attempt: u32) -> Record {
     }
 }
 
+/// What the consumer stores for `ev`.
+fn as_new(ev: &NotificationTriggered) -> repo::NewNotification {
+    repo::NewNotification {
+        notification_id: ev.notification_id,
+        user_id: ev.user_id,
+        kind: ev.kind,
+        title: ev.title.clone(),
+        message: ev.message.clone(),
+        recipient: ev.recipient.clone(),
+        created_at: ev.timestamp,
+        traceparent: None,
+    }
+}
+
 fn sms() -> NotificationTriggered {
     NotificationTriggered {
         notification_id: Uuid::new_v4(),
@@ -198,16 +213,6 @@ async fn a_redelivered_event_sends_once(backend: Backend) {
 async fn another_process_claim_defers_delivery_until_it_ends_or_runs_out(backend: Backend) {
     let (_d, svc, sent) = service(backend, 0).await;
     let other = "another-process";
-    let as_new = |ev: &NotificationTriggered| repo::NewNotification {
-        notification_id: ev.notification_id,
-        user_id: ev.user_id,
-        kind: ev.kind,
-        title: ev.title.clone(),
-        message: ev.message.clone(),
-        recipient: ev.recipient.clone(),
-        created_at: ev.timestamp,
-        traceparent: None,
-    };
 
     let ev = sms();
     let env = Envelope::new(&ev, None);
@@ -263,6 +268,50 @@ async fn another_process_claim_defers_delivery_until_it_ends_or_runs_out(backend
         .unwrap();
     svc.handle(&record(&env, 1)).await.unwrap();
     assert_eq!(sent.load(Ordering::SeqCst), 2);
+}
+
+/// A copy that only ever met another replica's claim runs out of attempts
+/// after that replica sent: the notification stays SENT, and replaying the
+/// dead letter sends nothing more.
+async fn a_late_dead_letter_neither_undoes_a_send_nor_replays_it(backend: Backend) {
+    let (_d, svc, sent) = service(backend, 0).await;
+    let ev = sms();
+    let env = Envelope::new(&ev, None);
+    svc.handle(&record(&env, 1)).await.unwrap();
+    svc.dead_lettered(&record(&env, 3), "claimed by another process")
+        .await
+        .unwrap();
+    let id = ev.notification_id.to_string();
+    let status = || async { repo::get(&svc.db, &id).await.unwrap().unwrap().status };
+    assert_eq!(status().await, "SENT");
+    let history: Vec<String> = repo::history_of(&svc.db, &id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.status)
+        .collect();
+    assert_eq!(history, ["PENDING", "SENT"]);
+
+    let dead = repo::dead_letters(&svc.db, None, 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "the record itself is kept");
+    let stored = repo::dead_letter_by_id(&svc.db, &dead[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    let replayed = Envelope {
+        topic: stored.topic.clone(),
+        key: stored.key.clone(),
+        headers: stored.headers.clone(),
+        payload: stored.payload.clone().into_bytes(),
+    };
+    assert!(
+        repo::replay(&svc.db, &svc.outbox, &dead[0].id, &stored, &replayed)
+            .await
+            .unwrap()
+    );
+    assert_eq!(status().await, "SENT");
+    svc.handle(&record(&replayed, 1)).await.unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), 1);
 }
 
 async fn a_failed_send_is_retried_then_dead_lettered_with_history(backend: Backend) {
@@ -479,8 +528,12 @@ async fn every_query_runs_on_both_backends(backend: Backend) {
 
     // Dead letters: paged, read back, replayed once.
     for i in 0..3 {
-        let env = Envelope::new(&sms(), None);
-        svc.handle(&record(&env, 1)).await.unwrap();
+        // Stored, never delivered, then out of attempts.
+        let ev = sms();
+        let env = Envelope::new(&ev, None);
+        repo::claim(&svc.db, &as_new(&ev), "elsewhere")
+            .await
+            .unwrap();
         let mut r = record(&env, 3);
         r.offset = i;
         svc.dead_lettered(&r, "gone").await.unwrap();
