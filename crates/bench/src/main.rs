@@ -47,9 +47,37 @@ pub struct Args {
     pub clairon_bin: Option<PathBuf>,
 
     /// Extra environment for the spawned binary (repeatable); applied last,
-    /// so it can override what the bench sets.
+    /// so it can override what the bench sets (with --split: except the
+    /// listen addresses, service URLs and database URL).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env, requires = "start")]
     pub envs: Vec<(String, String)>,
+
+    /// With --start: run the platform distributed, one process per service,
+    /// as a real deployment does. Needs Kafka and MySQL/MariaDB given with
+    /// --env (`eval "$(scripts/infra.sh up)"` starts both locally).
+    ///
+    /// Each service runs as `clairon serve --services <svc>` on its own
+    /// 127.0.0.1 port with its own data folder; the web gateway reaches the
+    /// four others by URL and the notification service reaches users. Users
+    /// starts first (it creates the admin), then the other four; the bench
+    /// waits for each one's `/health/ready`. They share a random
+    /// CLAIRON_JWT_SECRET, the admin account, CLAIRON_LOG=warn and the --env
+    /// pairs; CLAIRON_* variables of the bench's own environment are not passed
+    /// on.
+    ///
+    /// Requires --env CLAIRON_KAFKA_BROKERS=… and --env
+    /// CLAIRON_DATABASE_URL=mysql://user:password@host:port/db. The database
+    /// named in that URL is left alone: the bench creates a fresh one on the
+    /// same server, `clairon_test_<unix secs>_bench_<random>`, with the
+    /// `mariadb` (or `mysql`) command-line client, and drops it at the end. The
+    /// account must be allowed to create and drop it (the one scripts/infra.sh
+    /// provisions may create `clairon_test_%`; a test run drops such a database
+    /// left behind by a killed bench once it is an hour old). Unless --env sets
+    /// CLAIRON_KAFKA_TOPIC_PREFIX, topics and consumer groups get the prefix
+    /// `bench-<unix secs>-<random>-`, so runs do not see each other's records;
+    /// they are left on the broker.
+    #[arg(long, requires = "start")]
+    pub split: bool,
 
     /// Web gateway of an already running platform, e.g. http://127.0.0.1:8085
     /// (loopback addresses only).
@@ -71,9 +99,10 @@ pub struct Args {
     )]
     pub admin_password: Option<String>,
 
-    /// Value of the `mode` field of the output (e.g. embedded, distributed).
-    #[arg(long, default_value = "embedded")]
-    pub label: String,
+    /// Value of the `mode` field of the output [default: `distributed` with
+    /// --split, `one-process` when --env names Kafka brokers, else `embedded`].
+    #[arg(long)]
+    pub label: Option<String>,
 
     /// Length of the ingest phase in seconds (0 skips it).
     #[arg(long, default_value_t = 10, value_name = "SECS")]
@@ -218,7 +247,15 @@ async fn bench(args: &Args, target: &Target) -> anyhow::Result<Report> {
         .map(|n| n.get())
         .unwrap_or(1);
     Ok(Report {
-        mode: args.label.clone(),
+        mode: args.label.clone().unwrap_or_else(|| {
+            let on_kafka = args.envs.iter().any(|(k, _)| k == "CLAIRON_KAFKA_BROKERS");
+            match (args.split, on_kafka) {
+                (true, _) => "distributed",
+                (false, true) => "one-process",
+                (false, false) => "embedded",
+            }
+            .to_string()
+        }),
         machine: Machine { cores },
         setup: Setup {
             probe_delivery_ms: probe,

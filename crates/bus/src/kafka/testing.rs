@@ -74,9 +74,15 @@ impl Drop for TestTopics {
             );
             return;
         }
-        let prefix = self.prefix.clone();
-        delete_where(&self.brokers, move |name| name.starts_with(&prefix));
+        delete_prefix(&self.brokers, &self.prefix);
     }
+}
+
+/// Best effort: deletes the topics and consumer groups whose wire name starts
+/// with `prefix` (a throwaway environment's, such as a benchmark run's).
+pub fn delete_prefix(brokers: &str, prefix: &str) {
+    let prefix = prefix.to_owned();
+    delete_where(brokers, move |name| name.starts_with(&prefix));
 }
 
 /// Deletes, once per process, test topics and groups older than [`STALE_AFTER`].
