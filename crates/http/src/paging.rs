@@ -30,9 +30,14 @@ impl Cursor {
     }
 }
 
-/// Decodes an optional `cursor` query parameter.
+/// Decodes an optional `cursor` query parameter; an empty one (`?cursor=`, as
+/// a form with a blank field sends) means the first page.
 pub fn cursor(param: Option<&str>) -> Result<Option<Cursor>, ApiError> {
-    param.map(Cursor::decode).transpose()
+    param
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(Cursor::decode)
+        .transpose()
 }
 
 /// One page of a keyset-paged list.
@@ -82,14 +87,16 @@ mod tests {
     }
 
     #[test]
-    fn an_absent_cursor_is_none_and_a_bad_one_names_the_field() {
+    fn an_absent_or_blank_cursor_is_none_and_a_bad_one_names_the_field() {
         assert_eq!(cursor(None).unwrap(), None);
+        assert_eq!(cursor(Some("")).unwrap(), None);
+        assert_eq!(cursor(Some("  ")).unwrap(), None);
         let c = Cursor {
             time_ms: 7,
             id: "x".into(),
         };
         assert_eq!(cursor(Some(&c.encode())).unwrap(), Some(c));
-        match cursor(Some("")) {
+        match cursor(Some("not-a-cursor")) {
             Err(ApiError::Invalid(errors)) => assert_eq!(errors[0].field, "cursor"),
             other => panic!("expected a field error, got {other:?}"),
         }

@@ -434,7 +434,7 @@ async fn list_users(
         })
         .transpose()?;
     let limit = paging::limit(limit)?;
-    let cursor = paging::cursor(params.cursor.as_deref().filter(|c| !c.is_empty()))?;
+    let cursor = paging::cursor(params.cursor.as_deref())?;
     // One extra row tells whether another page follows.
     let accounts = users.list(limit + 1, cursor.as_ref()).await?;
     let Page { items, next_cursor } = paging::page(accounts, limit, |a| Cursor {
