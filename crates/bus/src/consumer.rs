@@ -11,6 +11,11 @@
 //! [`HandleError::Reject`] (e.g. an unparseable payload), the record goes to
 //! `<topic>-dlt` with the reason, and the consumer moves on.
 //!
+//! A record whose handler answers [`HandleError::Defer`] (another process is
+//! handling the same thing) goes to the last retry level with that level's
+//! delay and its attempt count unchanged: waiting for someone else never
+//! dead-letters it.
+//!
 //! A group may read dead-letter topics too (the audit does). There the record is
 //! never forwarded: a `Retry` failure is delivered again after a pause, in
 //! place, and a `Reject` is logged and skipped, the record staying in its topic.
@@ -155,6 +160,10 @@ pub enum HandleError {
     /// Will never succeed (unparseable, invalid): dead-letter at once.
     #[error("{0}")]
     Reject(String),
+    /// Not this handler's turn (another process is handling the same thing):
+    /// asked again later, without using up an attempt.
+    #[error("{0}")]
+    Defer(String),
 }
 
 #[async_trait]
@@ -358,21 +367,32 @@ async fn handle_partition(
                 // its original topic's retries or loop it through the dead-letter
                 // topic again. A passing failure is waited out, a rejection leaves
                 // the record where it is, in the dead-letter topic.
-                Err(HandleError::Retry(reason)) if topics::is_dead_letter(&r.topic) => {
+                Err(HandleError::Retry(reason) | HandleError::Defer(reason))
+                    if topics::is_dead_letter(&r.topic) =>
+                {
                     Err(BusError::Other(format!("handling a dead letter failed: {reason}")))
                 }
                 Err(HandleError::Reject(reason)) if topics::is_dead_letter(&r.topic) => {
                     tracing::error!(topic = %r.topic, partition = r.partition, offset = r.offset, %reason, "a dead letter was rejected; it stays in its topic and is skipped");
                     Ok("skipped")
                 }
+                // Without retry topics, a deferred record waits in place.
+                Err(HandleError::Defer(reason)) if policy.max_attempts < 2 => {
+                    Err(BusError::Other(format!("deferred: {reason}")))
+                }
+                Err(HandleError::Defer(reason)) => {
+                    forward(bus, r, group, Route::Defer(policy), &reason)
+                        .await
+                        .map(|_| "deferred")
+                }
                 Err(HandleError::Retry(reason)) if r.attempt() < policy.max_attempts => {
-                    forward(bus, r, group, Some(policy), &reason)
+                    forward(bus, r, group, Route::Retry(policy), &reason)
                         .await
                         .map(|_| "retried")
                 }
                 Err(HandleError::Retry(reason)) | Err(HandleError::Reject(reason)) => {
                     match handler.dead_lettered(r, &reason).await {
-                        Ok(()) => forward(bus, r, group, None, &reason)
+                        Ok(()) => forward(bus, r, group, Route::DeadLetter, &reason)
                             .await
                             .map(|_| "dead_lettered"),
                         Err(e) => Err(BusError::Other(format!("dead-letter hook failed: {e:#}"))),
@@ -412,13 +432,22 @@ async fn handle_partition(
     }
 }
 
-/// Writes a failed record to its next retry topic (`policy` given) or to its
+/// Where [`forward`] writes a record that was not handled.
+enum Route<'a> {
+    /// The next retry topic, one attempt used.
+    Retry(&'a RetryPolicy),
+    /// A retry topic again, no attempt used.
+    Defer(&'a RetryPolicy),
+    DeadLetter,
+}
+
+/// Writes a record that was not handled to a retry topic or to its
 /// dead-letter topic, keeping key, payload and metadata.
 async fn forward(
     bus: &dyn EventBus,
     r: &Record,
     group: &str,
-    policy: Option<&RetryPolicy>,
+    route: Route<'_>,
     reason: &str,
 ) -> Result<(), BusError> {
     let original = r
@@ -439,15 +468,23 @@ async fn forward(
     let reason: String = reason.chars().take(1000).collect();
     headers::set(&mut hs, headers::ERROR, reason);
     headers::set(&mut hs, headers::CONSUMER_GROUP, group);
-    let topic = match policy {
-        Some(p) => {
+    let topic = match route {
+        Route::Retry(p) => {
             let attempt = r.attempt();
             headers::set(&mut hs, headers::ATTEMPT, (attempt + 1).to_string());
             let due = now_ms() + p.backoff(attempt).as_millis() as i64;
             headers::set(&mut hs, headers::NOT_BEFORE, due.to_string());
             topics::retry(&original, group, attempt)
         }
-        None => {
+        // The last retry level, with that level's delay (so every record there
+        // still waits the same time) and the attempt count left as it was.
+        Route::Defer(p) => {
+            let level = p.max_attempts.saturating_sub(1).max(1);
+            let due = now_ms() + p.backoff(level).as_millis() as i64;
+            headers::set(&mut hs, headers::NOT_BEFORE, due.to_string());
+            topics::retry(&original, group, level)
+        }
+        Route::DeadLetter => {
             hs.retain(|(k, _)| !k.eq_ignore_ascii_case(headers::NOT_BEFORE));
             topics::dead_letter(&original)
         }

@@ -125,7 +125,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ),
         };
         let chans = build_channels(&args, &bus)?;
-        let svc = Notifications::start(&deps, db.clone(), chans, directory)
+        let svc = Notifications::start(&deps, db.clone(), chans, directory, claim_owner(&args)?)
             .await
             .context("starting the notification service")?;
         let router = svc.router();
@@ -461,6 +461,35 @@ fn common_routes(
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+}
+
+/// Names this process in the notification service's delivery claims. The
+/// static group member id is unique per process and kept across restarts;
+/// without one, an id kept in the data folder (one per process, as each
+/// process has its own) does the same, so a restarted process takes back at
+/// once what it was sending when it stopped.
+fn claim_owner(args: &ServeArgs) -> anyhow::Result<String> {
+    if let Some(id) = args
+        .kafka
+        .kafka_instance_id
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
+        return Ok(id.to_owned());
+    }
+    let path = args.common.data_dir.join("instance-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Ok(_) => write_instance_id(&path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_instance_id(&path),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn write_instance_id(path: &std::path::Path) -> anyhow::Result<String> {
+    let id = Uuid::new_v4().to_string();
+    std::fs::write(path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 async fn open_db(c: &Common, service: &str) -> anyhow::Result<Database> {

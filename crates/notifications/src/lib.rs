@@ -72,11 +72,15 @@ pub const CONSUMER_GROUP: &str = "notifications";
 
 impl Notifications {
     /// Runs migrations, then spawns the outbox relay and the consumer.
+    /// `owner` names this process in delivery claims: unique among the
+    /// processes sharing the database, and the same after a restart if it can
+    /// be, so that a restarted process takes its claims back at once.
     pub async fn start(
         deps: &ServiceDeps,
         db: Database,
         channels: Channels,
         directory: Arc<dyn UserDirectory>,
+        owner: String,
     ) -> anyhow::Result<Arc<Self>> {
         migrate(&db, "notifications", &migrations()).await?;
         let svc = Arc::new(Notifications {
@@ -86,7 +90,7 @@ impl Notifications {
             channels,
             directory,
             in_flight: Default::default(),
-            owner: Uuid::new_v4().to_string(),
+            owner,
         });
         deps.tasks.spawn(
             svc.outbox

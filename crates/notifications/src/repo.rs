@@ -63,18 +63,27 @@ pub fn migrations() -> Vec<Migration> {
                 notification_id VARCHAR(36) NULL, created_at BIGINT NOT NULL, replayed_at BIGINT NULL);\
              CREATE INDEX notif_dead_letters_created ON notif_dead_letters (created_at)",
         ),
-        Migration::portable(
-            4,
-            "delivery claims",
-            "ALTER TABLE notif_notifications ADD COLUMN claimed_by VARCHAR(64) NULL;\
-             ALTER TABLE notif_notifications ADD COLUMN claimed_until BIGINT NULL",
-        ),
+        // One statement on MySQL, where DDL is not transactional: a half-applied
+        // change would fail every later start. SQLite adds one column per ALTER,
+        // inside the migration's transaction.
+        Migration {
+            version: 4,
+            description: "delivery claims",
+            sqlite: "ALTER TABLE notif_notifications ADD COLUMN claimed_by VARCHAR(64) NULL;\
+                     ALTER TABLE notif_notifications ADD COLUMN claimed_until BIGINT NULL"
+                .into(),
+            mysql: "ALTER TABLE notif_notifications ADD COLUMN claimed_by VARCHAR(64) NULL, \
+                    ADD COLUMN claimed_until BIGINT NULL"
+                .into(),
+        },
     ]
 }
 
-/// How long a delivery claim holds other processes off: longer than any
-/// channel's send timeout (15 s for SMTP, 10 s for SMS) and the outcome's
-/// write. Only a process that dies mid-send makes another wait this long.
+/// How long a delivery claim holds other processes off: longer than a
+/// contact look-up and any channel's send (15 s for SMTP, 10 s for SMS, 30 s
+/// for a PUSH published on Kafka) and the outcome's write. Only a process that
+/// dies mid-send and does not come back makes another wait this long; the
+/// waiting copy is deferred, which uses up no attempt.
 pub const CLAIM_LEASE_MS: i64 = 60_000;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -352,20 +361,10 @@ pub async fn dead_letter(
     .bind(now_ms())
     .execute(&mut *tx)
     .await?;
-    // A notification another replica sent meanwhile (this one only saw its
-    // claim, attempt after attempt) stays SENT: nothing to announce either.
-    let delivered = match notification {
-        Some(n) => sqlx::query(
-            "SELECT status FROM notif_notifications WHERE notification_id = ? AND status IN ('SENT', 'CAPTURED')",
-        )
-        .bind(n.notification_id.to_string())
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_some(),
-        None => false,
-    };
-    if let Some(n) = notification.filter(|_| !delivered) {
-        let known = sqlx::query("UPDATE notif_notifications SET status = 'DEAD', last_error = ?, attempts = ?, updated_at = ?, claimed_by = NULL, claimed_until = NULL WHERE notification_id = ? AND status NOT IN ('SENT', 'CAPTURED')")
+    if let Some(n) = notification {
+        // A notification another replica sent meanwhile (this copy only met its
+        // claim) stays SENT, and its claim, if any, stays with its holder.
+        let known = sqlx::query("UPDATE notif_notifications SET status = 'DEAD', last_error = ?, attempts = ?, updated_at = ? WHERE notification_id = ? AND status NOT IN ('SENT', 'CAPTURED')")
             .bind(reason)
             .bind(i64::from(dl.attempts))
             .bind(now_ms())
@@ -374,6 +373,12 @@ pub async fn dead_letter(
             .await?
             .rows_affected()
             > 0;
+        let delivered = !known
+            && sqlx::query("SELECT 1 FROM notif_notifications WHERE notification_id = ?")
+                .bind(n.notification_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
         if known {
             history(
                 &mut tx,
@@ -383,6 +388,12 @@ pub async fn dead_letter(
                 Some(reason),
             )
             .await?;
+        }
+        // Announced unless delivered: a notification never stored (rejected
+        // before that) is dead all the same.
+        if delivered {
+            tx.commit().await?;
+            return Ok(());
         }
         let ev = NotificationStatusChanged {
             notification_id: n.notification_id,

@@ -138,9 +138,15 @@ async fn service_with(
         }),
         push,
     };
-    let svc = Notifications::start(&deps, db.db.clone(), channels, Arc::new(Directory))
-        .await
-        .unwrap();
+    let svc = Notifications::start(
+        &deps,
+        db.db.clone(),
+        channels,
+        Arc::new(Directory),
+        "this-process".into(),
+    )
+    .await
+    .unwrap();
     (Guard { _db: db, _dir: dir }, svc, sent)
 }
 
@@ -221,8 +227,8 @@ async fn another_process_claim_defers_delivery_until_it_ends_or_runs_out(backend
         repo::Claim::Claimed(None)
     );
     match svc.handle(&record(&env, 1)).await {
-        Err(HandleError::Retry(why)) => assert!(why.contains("another process"), "{why}"),
-        other => panic!("expected a retry while another process holds the claim: {other:?}"),
+        Err(HandleError::Defer(why)) => assert!(why.contains("another process"), "{why}"),
+        other => panic!("expected a deferral while another process holds the claim: {other:?}"),
     }
     assert_eq!(sent.load(Ordering::SeqCst), 0);
     // The other process's send succeeded.
@@ -268,6 +274,16 @@ async fn another_process_claim_defers_delivery_until_it_ends_or_runs_out(backend
         .unwrap();
     svc.handle(&record(&env, 1)).await.unwrap();
     assert_eq!(sent.load(Ordering::SeqCst), 2);
+
+    // This process's own claim from before a crash (same owner name after
+    // the restart) does not hold it back.
+    let ev = sms();
+    let env = Envelope::new(&ev, None);
+    repo::claim(&svc.db, &as_new(&ev), "this-process")
+        .await
+        .unwrap();
+    svc.handle(&record(&env, 1)).await.unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), 3);
 }
 
 /// A copy that only ever met another replica's claim runs out of attempts

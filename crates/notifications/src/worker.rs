@@ -107,7 +107,7 @@ impl Notifications {
 
     async fn deliver(&self, n: &NewNotification, attempt: u32) -> Result<(), HandleError> {
         let Some(_claim) = InFlight::claim(self, n.notification_id) else {
-            return Err(HandleError::Retry(format!(
+            return Err(HandleError::Defer(format!(
                 "notification {} is being delivered by another handler",
                 n.notification_id
             )));
@@ -120,7 +120,7 @@ impl Notifications {
                 return Ok(());
             }
             Claim::Busy => {
-                return Err(HandleError::Retry(format!(
+                return Err(HandleError::Defer(format!(
                     "notification {} is being delivered by another process",
                     n.notification_id
                 )))

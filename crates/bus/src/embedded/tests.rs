@@ -300,6 +300,84 @@ async fn a_dead_letter_topic_is_retried_in_place_and_never_forwarded() {
     );
 }
 
+/// Defers a record `defer_first` times, noting the attempt count it carries.
+struct Deferring {
+    defer_first: u32,
+    calls: AtomicU32,
+    attempts_seen: Mutex<Vec<u32>>,
+    dead: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Deferring {
+    async fn handle(&self, r: &Record) -> Result<(), HandleError> {
+        self.attempts_seen.lock().unwrap().push(r.attempt());
+        if self.calls.fetch_add(1, Ordering::SeqCst) < self.defer_first {
+            return Err(HandleError::Defer("someone else is on it".into()));
+        }
+        Ok(())
+    }
+
+    async fn dead_lettered(&self, r: &Record, _reason: &str) -> anyhow::Result<()> {
+        self.dead
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&r.payload).to_string());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_deferred_record_comes_back_without_using_up_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus: Arc<dyn EventBus> = Arc::new(
+        EmbeddedBus::open(&dir.path().join("bus.db"), 1)
+            .await
+            .unwrap(),
+    );
+    let handler = Arc::new(Deferring {
+        defer_first: 5,
+        calls: AtomicU32::new(0),
+        attempts_seen: Mutex::new(Vec::new()),
+        dead: Mutex::new(Vec::new()),
+    });
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(40),
+    };
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(
+        bus.clone(),
+        ConsumerSpec::new("g", &["t"], policy),
+        handler.clone(),
+        cancel.clone(),
+    ));
+    bus.publish(msg("t", "k", "busy")).await.unwrap();
+    for _ in 0..200 {
+        if handler.calls.load(Ordering::SeqCst) > 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+
+    // Deferred more times than there are attempts, handled in the end, never
+    // dead-lettered, and every delivery still counts as the first attempt.
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 6);
+    assert!(handler.dead.lock().unwrap().is_empty());
+    assert_eq!(*handler.attempts_seen.lock().unwrap(), [1; 6]);
+    // Each deferral went to the last retry level (its delay is that level's).
+    let overview = bus.describe().await.unwrap();
+    let last_level = overview
+        .topics
+        .iter()
+        .find(|t| t.name == "t-retry-g-2")
+        .expect("the last retry level");
+    assert_eq!(last_level.end_offsets, [5]);
+}
+
 #[test]
 fn backoff_doubles_and_caps() {
     let p = RetryPolicy {
