@@ -75,7 +75,7 @@ pub struct Args {
     /// left behind by a killed bench once it is an hour old). Unless --env sets
     /// CLAIRON_KAFKA_TOPIC_PREFIX, topics and consumer groups get the prefix
     /// `bench-<unix secs>-<random>-`, so runs do not see each other's records;
-    /// they are left on the broker.
+    /// they are deleted at the end.
     #[arg(long, requires = "start")]
     pub split: bool,
 
