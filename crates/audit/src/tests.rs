@@ -363,6 +363,7 @@ async fn bad_parameters_are_422_naming_the_field(backend: Backend) {
         "UserActionPerformed",
         "NotificationStatusChanged",
         "PushRequested",
+        "TokenRevoked",
     ] {
         assert!(reason.contains(t), "{reason}");
     }

@@ -239,6 +239,27 @@ impl EventBus for EmbeddedBus {
         Ok(Box::new(sub))
     }
 
+    async fn watermarks(&self, topic: &str) -> Result<Vec<(u64, u64)>, BusError> {
+        let parts: Option<i64> =
+            sqlx::query_scalar("SELECT partitions FROM bus_topics WHERE topic = ?")
+                .bind(topic)
+                .fetch_optional(&self.inner.pool)
+                .await?;
+        let mut out = Vec::new();
+        for part in 0..parts.unwrap_or(0) {
+            let (first, end): (Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT MIN(off), MAX(off) + 1 FROM bus_records WHERE topic = ? AND part = ?",
+            )
+            .bind(topic)
+            .bind(part)
+            .fetch_one(&self.inner.pool)
+            .await?;
+            let end = end.unwrap_or(0) as u64;
+            out.push((first.map_or(end, |f| f as u64), end));
+        }
+        Ok(out)
+    }
+
     async fn ready(&self) -> Result<(), BusError> {
         sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
         Ok(())

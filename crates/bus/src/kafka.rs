@@ -591,6 +591,33 @@ impl EventBus for KafkaBus {
         Ok(Box::new(sub))
     }
 
+    async fn watermarks(&self, topic: &str) -> Result<Vec<(u64, u64)>, BusError> {
+        let inner = self.inner.clone();
+        let full = inner.full(topic);
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        blocking(
+            "reading a topic's offsets",
+            REQUEST_TIMEOUT + Duration::from_secs(5),
+            move || {
+                let left = || deadline.saturating_duration_since(Instant::now());
+                let reader = helper_consumer(&inner.settings, None)?;
+                let md = reader
+                    .fetch_metadata(Some(&full), left())
+                    .map_err(|e| bus_error("could not read cluster metadata", &e))?;
+                let count = partition_counts(&md).get(&full).copied().unwrap_or(0);
+                let mut out = Vec::with_capacity(count.max(0) as usize);
+                for p in 0..count {
+                    let (low, high) = reader
+                        .fetch_watermarks(&full, p, left())
+                        .map_err(|e| bus_error("could not read a partition's offsets", &e))?;
+                    out.push((low.max(0) as u64, high.max(0) as u64));
+                }
+                Ok(out)
+            },
+        )
+        .await?
+    }
+
     async fn ready(&self) -> Result<(), BusError> {
         let producer = self.inner.producer.clone();
         // One topic, not all of them: cheap on a big cluster, and enough to

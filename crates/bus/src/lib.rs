@@ -108,6 +108,20 @@ pub trait EventBus: Send + Sync + 'static {
             .await
     }
 
+    /// `(first, end)` offsets of each partition of `topic`, by partition number:
+    /// the first record the log still holds (equal to `end` when retention left
+    /// none) and the next offset to be written. Empty for a topic that does not
+    /// exist. Lets a reader that replays a whole topic know when it has caught up.
+    async fn watermarks(&self, topic: &str) -> Result<Vec<(u64, u64)>, BusError> {
+        let overview = self.describe().await?;
+        Ok(overview
+            .topics
+            .into_iter()
+            .find(|t| t.name == topic)
+            .map(|t| t.end_offsets.into_iter().map(|e| (0, e)).collect())
+            .unwrap_or_default())
+    }
+
     /// Fails when the engine cannot currently take writes.
     async fn ready(&self) -> Result<(), BusError>;
 

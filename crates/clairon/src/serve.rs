@@ -41,9 +41,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let bus = open_bus(&args, &cancel, &tasks).await?;
 
-    let users_db = open_db(&args.common, "users").await?;
-    let revocations: Arc<dyn Revocations> =
-        clairon_users::SqlRevocations::open(users_db.clone()).await?;
+    // Each service owns its tables: only a process that runs the users
+    // service opens its database. It answers from the revocation table
+    // (authoritative, immediate); the others follow the `token-revoked` topic.
+    let users_db = if wanted.contains(&ServiceName::Users) {
+        Some(open_db(&args.common, "users").await?)
+    } else {
+        None
+    };
+    let revocations: Arc<dyn Revocations> = match &users_db {
+        Some(db) => clairon_users::SqlRevocations::open(db.clone()).await?,
+        None => {
+            check_revocation_retention(&args)?;
+            // Unique per start and never committed: every start replays the topic.
+            let group = format!("revocations-{}", Uuid::new_v4());
+            clairon_users::BusRevocations::start(
+                bus.clone(),
+                &group,
+                REVOCATIONS_CATCH_UP,
+                cancel.clone(),
+                &tasks,
+            )
+            .await
+            .context("reading the token revocations from the event bus")?
+        }
+    };
     let secret = jwt_secret(&args.common, true)?;
     let ttl = Duration::from_secs(args.common.token_ttl_secs);
     // A second signer with the same key, for the calls this process makes to other services.
@@ -72,7 +94,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut listeners: Vec<(ServiceName, SocketAddr, Router)> = Vec::new();
     let mut docs = Vec::new();
 
-    let users = if wanted.contains(&ServiceName::Users) {
+    let users = if let Some(users_db) = &users_db {
         let admin = clairon_users::AdminBootstrap {
             email: args.admin_email.clone(),
             password: args.admin_password.clone(),
@@ -290,6 +312,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// How long start-up may take to replay the `token-revoked` topic.
+const REVOCATIONS_CATCH_UP: Duration = Duration::from_secs(60);
+
+/// A process without the users service knows only the revocations the bus
+/// still holds: the log must keep them at least as long as a token lives.
+fn check_revocation_retention(args: &ServeArgs) -> anyhow::Result<()> {
+    let (retention_hours, var) = if args.kafka.kafka_brokers.is_some() {
+        (
+            args.kafka.kafka_retention_hours.max(0) as u64,
+            "CLAIRON_KAFKA_RETENTION_HOURS",
+        )
+    } else {
+        (args.bus_retention_hours, "CLAIRON_BUS_RETENTION_HOURS")
+    };
+    anyhow::ensure!(
+        args.common.token_ttl_secs < retention_hours.saturating_mul(3600),
+        "tokens live {} s but the event log keeps revocations only {retention_hours} h: \
+         raise {var} or lower CLAIRON_TOKEN_TTL_SECS",
+        args.common.token_ttl_secs
+    );
     Ok(())
 }
 

@@ -27,15 +27,17 @@ pub enum EventType {
     UserActionPerformed,
     NotificationStatusChanged,
     PushRequested,
+    TokenRevoked,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 6] = [
         EventType::UserRegistered,
         EventType::NotificationTriggered,
         EventType::UserActionPerformed,
         EventType::NotificationStatusChanged,
         EventType::PushRequested,
+        EventType::TokenRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +47,7 @@ impl EventType {
             EventType::UserActionPerformed => "UserActionPerformed",
             EventType::NotificationStatusChanged => "NotificationStatusChanged",
             EventType::PushRequested => "PushRequested",
+            EventType::TokenRevoked => "TokenRevoked",
         }
     }
 
@@ -60,6 +63,7 @@ impl EventType {
             EventType::UserActionPerformed => topics::USER_ACTION_PERFORMED,
             EventType::NotificationStatusChanged => topics::NOTIFICATION_STATUS,
             EventType::PushRequested => topics::NOTIFICATION_PUSH,
+            EventType::TokenRevoked => topics::TOKEN_REVOKED,
         }
     }
 

@@ -186,3 +186,23 @@ impl Event for PushRequested {
         self.user_id.to_string()
     }
 }
+
+/// A logout: the token with this id is refused until it expires. Carries the
+/// token's id only, never the token itself, so the topic grants nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRevoked {
+    /// The token's `jti` claim.
+    pub token_id: String,
+    /// The token's subject: a user id, or a service name for a service token.
+    pub user_id: String,
+    /// The token's `exp`: after it the revocation no longer matters.
+    pub expires_at: Timestamp,
+}
+
+impl Event for TokenRevoked {
+    const TYPE: EventType = EventType::TokenRevoked;
+    fn key(&self) -> String {
+        self.user_id.clone()
+    }
+}

@@ -115,3 +115,29 @@ fn derived_topics_map_back_to_their_base() {
         Some(EventType::UserRegistered)
     );
 }
+
+#[test]
+fn token_revoked_is_camel_case_on_its_own_topic() {
+    let ev = TokenRevoked {
+        token_id: "jti-1".into(),
+        user_id: "7b0c9c1e-8a55-4a4e-9b7a-1f4f3c2d1e00".into(),
+        expires_at: Timestamp::from_millis(1_704_103_200_000),
+    };
+    let env = Envelope::new(&ev, None);
+    assert_eq!(env.topic, topics::TOKEN_REVOKED);
+    assert_eq!(env.header(headers::EVENT_TYPE), Some("TokenRevoked"));
+    let v: serde_json::Value = serde_json::from_slice(&env.payload).unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "tokenId": "jti-1",
+            "userId": "7b0c9c1e-8a55-4a4e-9b7a-1f4f3c2d1e00",
+            "expiresAt": "2024-01-01T10:00:00.000Z"
+        })
+    );
+    assert_eq!(
+        EventType::for_topic(topics::TOKEN_REVOKED),
+        Some(EventType::TokenRevoked)
+    );
+    assert_eq!(decode::<TokenRevoked>(&env.payload).unwrap(), ev);
+}

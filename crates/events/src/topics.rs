@@ -9,13 +9,17 @@ pub const NOTIFICATION_TRIGGERED: &str = "notification-triggered";
 pub const USER_ACTION_PERFORMED: &str = "user-action-performed";
 pub const NOTIFICATION_STATUS: &str = "notification-status";
 pub const NOTIFICATION_PUSH: &str = "notification-push";
+/// Logouts, read in full by every process that authenticates requests but does
+/// not run the users service. Its retention must outlive the longest token.
+pub const TOKEN_REVOKED: &str = "token-revoked";
 
-pub const ALL: [&str; 5] = [
+pub const ALL: [&str; 6] = [
     USER_REGISTERED,
     NOTIFICATION_TRIGGERED,
     USER_ACTION_PERFORMED,
     NOTIFICATION_STATUS,
     NOTIFICATION_PUSH,
+    TOKEN_REVOKED,
 ];
 
 const DLT_SUFFIX: &str = "-dlt";

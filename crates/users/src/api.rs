@@ -344,23 +344,9 @@ async fn logout(
     headers: HeaderMap,
     Authenticated(claims): Authenticated,
 ) -> ApiResult<StatusCode> {
-    // Revoke first: an event claiming a logout for a token still usable would
-    // be worse than a logout without its event.
     users
-        .auth
-        .revocations
-        .revoke(&claims.jti, claims.exp)
+        .logout(&claims, traceparent(&headers).as_deref())
         .await?;
-    if let Some(user_id) = claims.user_id() {
-        users
-            .record_action(
-                user_id,
-                ActionType::Logout,
-                "Logged out".into(),
-                traceparent(&headers).as_deref(),
-            )
-            .await?;
-    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -2,25 +2,30 @@
 //! administrators' view of accounts, and the token revocation list every
 //! service authenticates against.
 //!
-//! Events (`UserRegistered`, `UserActionPerformed`) are written to the
+//! Events (`UserRegistered`, `UserActionPerformed`, `TokenRevoked`) are written to the
 //! `users_outbox` table in the transaction that causes them and published by the
 //! outbox relay, so an answered request always produces its event.
 
 mod account;
 mod api;
+mod bus_revocations;
 mod revocations;
 mod validate;
 
 use std::sync::Arc;
 
 use anyhow::Context;
+use clairon_auth::Claims;
 use clairon_auth::{AuthContext, Role};
-use clairon_events::{ActionType, Envelope, Timestamp, UserActionPerformed, UserRegistered};
+use clairon_events::{
+    ActionType, Envelope, Timestamp, TokenRevoked, UserActionPerformed, UserRegistered,
+};
 use clairon_http::{paging::Cursor, ApiError, ApiResult, ServiceDeps};
 use clairon_store::{is_unique_violation, migrate, now_ms, outbox::Outbox, Database, Migration};
 use uuid::Uuid;
 
 use account::{Account, NewAccount};
+pub use bus_revocations::BusRevocations;
 pub use revocations::SqlRevocations;
 
 /// Name under which the migrations are recorded.
@@ -296,6 +301,46 @@ impl Users {
         tx.commit().await?;
         self.outbox.committed();
         Ok(account)
+    }
+
+    /// Revokes the token: the revocation row, its `TokenRevoked` event (how
+    /// processes without the users service learn of it) and, for a user's
+    /// token, the `UserActionPerformed` logout event, in one transaction so
+    /// that none goes without the others.
+    pub(crate) async fn logout(&self, claims: &Claims, traceparent: Option<&str>) -> ApiResult<()> {
+        let expires_ms = claims.exp.saturating_mul(1000);
+        let mut tx = self.db.pool.begin().await?;
+        if revocations::insert(&mut tx, &claims.jti, expires_ms).await? {
+            let revoked = TokenRevoked {
+                token_id: claims.jti.clone(),
+                user_id: claims.sub.clone(),
+                expires_at: Timestamp::from_millis(expires_ms),
+            };
+            self.outbox
+                .enqueue(&mut tx, &Envelope::new(&revoked, traceparent))
+                .await?;
+            if let Some(user_id) = claims.user_id() {
+                let action = UserActionPerformed {
+                    user_id,
+                    action_type: ActionType::Logout,
+                    action_details: "Logged out".into(),
+                    timestamp: Timestamp::now(),
+                };
+                self.outbox
+                    .enqueue(&mut tx, &Envelope::new(&action, traceparent))
+                    .await?;
+            }
+            tx.commit().await?;
+            self.outbox.committed();
+        }
+        // The row is there now (ours or a concurrent logout's); this makes the
+        // revocation count at once in this process rather than at the next
+        // cache refresh.
+        self.auth
+            .revocations
+            .revoke(&claims.jti, claims.exp)
+            .await?;
+        Ok(())
     }
 
     /// Records a user action; the action writes nothing else, so the

@@ -5,6 +5,9 @@
 //! memory: the cache holds the revoked ids that have not expired and re-reads the
 //! table at most once per [`SYNC_EVERY_MS`] to pick up revocations made by other
 //! processes. A revocation made in this process is in the cache at once.
+//!
+//! Only a process that runs the users service reads it; the others learn of
+//! logouts from the `token-revoked` topic ([`crate::BusRevocations`]).
 
 use std::{
     collections::HashMap,
@@ -18,7 +21,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use clairon_auth::Revocations;
 use clairon_store::{is_unique_violation, migrate, now_ms, text, Database};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 /// How stale the view of other processes' revocations may get.
 pub(crate) const SYNC_EVERY_MS: i64 = 1_000;
@@ -136,25 +139,38 @@ impl Revocations for SqlRevocations {
         Ok(self.cached(jti))
     }
 
-    /// `expires_at` is the token's `exp` claim, in epoch seconds.
+    /// `expires_at` is the token's `exp` claim, in epoch seconds. Idempotent:
+    /// logout writes the row in its own transaction, then calls this so the
+    /// revocation counts at once in this process.
     async fn revoke(&self, jti: &str, expires_at: i64) -> anyhow::Result<()> {
         let expires_ms = expires_at.saturating_mul(1000);
-        let inserted =
-            sqlx::query("INSERT INTO users_revoked_tokens (jti, expires_at) VALUES (?, ?)")
-                .bind(jti)
-                .bind(expires_ms)
-                .execute(&self.db.pool)
-                .await;
-        match inserted {
-            Ok(_) => {}
-            // Already revoked (a repeated logout): nothing to add.
-            Err(e) if is_unique_violation(&e) => {}
-            Err(e) => return Err(anyhow::Error::new(e).context("recording a token revocation")),
-        }
+        let mut conn = self.db.pool.acquire().await?;
+        insert(&mut *conn, jti, expires_ms)
+            .await
+            .context("recording a token revocation")?;
         self.cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(jti.to_owned(), expires_ms);
         Ok(())
+    }
+}
+
+/// Writes a revocation row; `false` when the token was revoked already (a
+/// repeated or concurrent logout).
+pub(crate) async fn insert(
+    conn: &mut AnyConnection,
+    jti: &str,
+    expires_ms: i64,
+) -> sqlx::Result<bool> {
+    let inserted = sqlx::query("INSERT INTO users_revoked_tokens (jti, expires_at) VALUES (?, ?)")
+        .bind(jti)
+        .bind(expires_ms)
+        .execute(conn)
+        .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(e) if is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e),
     }
 }

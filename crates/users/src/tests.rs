@@ -473,6 +473,24 @@ async fn logout_revokes_only_that_token_and_survives_a_restart(backend: Backend)
         .map(|r| payload(r)["actionType"].clone())
         .collect();
     assert_eq!(kinds, [json!("LOGIN"), json!("LOGIN"), json!("LOGOUT")]);
+
+    // The revocation went out on its own topic, for processes without the
+    // users service: the token's id and expiry, never the token itself.
+    let revoked = h.events("token-revoked", user_id).await;
+    assert_eq!(revoked.len(), 1, "one event for the one successful logout");
+    let claims = h.deps.auth.tokens.verify(&token).unwrap();
+    let p = payload(&revoked[0]);
+    assert_eq!(p["tokenId"], json!(claims.jti));
+    assert_eq!(p["userId"], user_id);
+    assert_eq!(
+        p["expiresAt"],
+        json!(clairon_events::Timestamp::from_millis(claims.exp * 1000).to_string())
+    );
+    assert_eq!(
+        revoked[0].header("clairon-event-type"),
+        Some("TokenRevoked")
+    );
+    assert!(!String::from_utf8_lossy(&revoked[0].payload).contains(&token));
 }
 
 async fn revocations_made_elsewhere_are_seen_after_the_next_sync(backend: Backend) {

@@ -9,4 +9,5 @@ mod faults;
 mod flows;
 mod poison;
 mod replicas;
+mod revocation;
 mod rolling;
