@@ -51,11 +51,18 @@ impl BusRevocations {
         let this = Arc::new(BusRevocations {
             revoked: Mutex::new(HashMap::new()),
         });
-        let sub = tokio::time::timeout(catch_up, this.catch_up(bus, group))
+        // The last error met while retrying, to say why the wait ran out.
+        let last_error = Mutex::new(None);
+        let sub = tokio::time::timeout(catch_up, this.catch_up(bus, group, &last_error))
             .await
             .map_err(|_| {
+                let why = last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                    .unwrap_or_else(|| "is the event bus reachable?".into());
                 anyhow::anyhow!(
-                    "could not read the token revocations (topic `{}`) within {} s: is the event bus reachable?",
+                    "could not read the token revocations (topic `{}`) within {} s: {why}",
                     topics::TOKEN_REVOKED,
                     catch_up.as_secs()
                 )
@@ -69,17 +76,29 @@ impl BusRevocations {
         &self,
         bus: Arc<dyn EventBus>,
         group: &str,
+        last_error: &Mutex<Option<String>>,
     ) -> anyhow::Result<Box<dyn Subscription>> {
+        let failed = |e: clairon_bus::BusError| {
+            tracing::debug!(error = %e, "reading the token revocations; retrying");
+            *last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+        };
         let topic = topics::TOKEN_REVOKED.to_owned();
         let mut sub = bus
             .subscribe_from(group, std::slice::from_ref(&topic), StartFrom::Earliest)
             .await
             .context("subscribing to the token revocations")?;
         // Read after subscribing: subscribing creates the topic when missing.
-        let marks = bus
-            .watermarks(&topic)
-            .await
-            .context("reading the end of the token revocations topic")?;
+        // A topic created a moment ago may have no partition leader yet, so
+        // errors are retried; the caller's time limit bounds the wait.
+        let marks = loop {
+            match bus.watermarks(&topic).await {
+                Ok(marks) => break marks,
+                Err(e) => {
+                    failed(e);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
         // Partitions still to read up to (exclusive) their end offset.
         let mut behind: HashMap<u32, u64> = marks
             .iter()
@@ -88,10 +107,14 @@ impl BusRevocations {
             .map(|(p, (_, end))| (p as u32, *end))
             .collect();
         while !behind.is_empty() {
-            let records = sub
-                .poll(BATCH, POLL_WAIT)
-                .await
-                .context("reading the token revocations")?;
+            let records = match sub.poll(BATCH, POLL_WAIT).await {
+                Ok(records) => records,
+                Err(e) => {
+                    failed(e);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            };
             for r in &records {
                 if behind
                     .get(&r.partition)

@@ -145,7 +145,7 @@ impl Revocations for SqlRevocations {
     async fn revoke(&self, jti: &str, expires_at: i64) -> anyhow::Result<()> {
         let expires_ms = expires_at.saturating_mul(1000);
         let mut conn = self.db.pool.acquire().await?;
-        insert(&mut *conn, jti, expires_ms)
+        insert(&mut conn, jti, expires_ms)
             .await
             .context("recording a token revocation")?;
         self.cache
