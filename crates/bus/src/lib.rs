@@ -147,6 +147,17 @@ pub struct BusOverview {
     pub groups: Vec<GroupLag>,
 }
 
+impl BusOverview {
+    /// The names of the topics that hold at least one record.
+    pub fn topics_with_records(&self) -> Vec<&str> {
+        self.topics
+            .iter()
+            .filter(|t| t.end_offsets.iter().any(|&o| o > 0))
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicInfo {

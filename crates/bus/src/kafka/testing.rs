@@ -10,9 +10,8 @@
 
 use std::{
     collections::BTreeSet,
-    hash::{BuildHasher, Hasher},
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use rdkafka::{
@@ -53,7 +52,8 @@ impl TestTopics {
     pub fn new() -> Self {
         let brokers = brokers();
         sweep_stale(&brokers);
-        let prefix = format!("{PREFIX_TAG}{}-{:012x}-", unix_secs(), random() >> 16);
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("{PREFIX_TAG}{}-{}-", unix_secs(), &random[..12]);
         eprintln!("Kafka topic prefix {prefix}");
         TestTopics { brokers, prefix }
     }
@@ -146,19 +146,5 @@ fn delete_where(brokers: &str, doomed: impl Fn(&str) -> bool + Send + 'static) {
 }
 
 fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
-fn random() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
+    (crate::consumer::now_ms() / 1000).max(0) as u64
 }

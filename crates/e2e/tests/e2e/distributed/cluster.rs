@@ -519,12 +519,19 @@ impl Cluster {
         b["status"].as_str().map(str::to_owned)
     }
 
+    /// Waits until every id has a final status, and asserts that each is SENT.
+    pub async fn wait_all_sent(&self, ids: &[Uuid], timeout: Duration) {
+        let by = self.wait_all_final(ids, timeout).await;
+        assert_eq!(
+            by.get("SENT").map(Vec::len),
+            Some(ids.len()),
+            "{:?}",
+            by.keys()
+        );
+    }
+
     /// Waits until every id has a final status; returns the ids per status.
-    pub async fn wait_all_final(
-        &self,
-        ids: &[Uuid],
-        timeout: Duration,
-    ) -> BTreeMap<String, Vec<Uuid>> {
+    async fn wait_all_final(&self, ids: &[Uuid], timeout: Duration) -> BTreeMap<String, Vec<Uuid>> {
         eventually(
             &format!("{} notifications to end SENT or DEAD", ids.len()),
             timeout,
