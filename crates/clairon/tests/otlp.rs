@@ -77,8 +77,6 @@ async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
     let deadline = Instant::now() + Duration::from_secs(90);
     let (endpoint, received) = collector().await;
     let dir = tempfile::tempdir().unwrap();
-    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-
     let token = clairon(dir.path())
         .args(["token", "--subject", "otlp-test", "--role", "ADMIN"])
         .output()
@@ -95,36 +93,10 @@ async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
     for var in ["USERS", "NOTIFICATIONS", "EVENTS", "LOGS", "WEB"] {
         cmd.env(format!("CLAIRON_{var}_ADDR"), "127.0.0.1:0");
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut server = Running(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let log = || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-
-    // Wait for the addresses of the event publisher and the notification service.
-    let (mut events, mut notifications) = (None, None);
-    while events.is_none() || notifications.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("the server did not start:\n{}", log()));
-        if let Some(url) = line.strip_prefix("clairon: events listening on ") {
-            events = Some(url.to_owned());
-        }
-        if let Some(url) = line.strip_prefix("clairon: notifications listening on ") {
-            notifications = Some(url.to_owned());
-        }
-    }
-    let (events, notifications) = (events.unwrap(), notifications.unwrap());
+    let log_path = dir.path().join("stderr.log");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let (server, urls) = serve(cmd, &log_path, &["events", "notifications"], deadline);
+    let (events, notifications) = (&urls["events"], &urls["notifications"]);
     let http = reqwest::Client::new();
     let res = http
         .post(format!(
@@ -176,24 +148,7 @@ async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
     );
 
     // Graceful shutdown flushes the buffered spans.
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not stop:\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status:?}\n{}", log());
+    stop(server, &log_path, deadline).await;
 
     let received = received.lock().unwrap().clone();
     assert!(!received.is_empty(), "no spans arrived:\n{}", log());
